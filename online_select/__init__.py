@@ -1,0 +1,53 @@
+"""online_select: online in-batch data selection with a co-trained scorer.
+
+Every step a candidate batch of B samples is scored cheaply; only the top k go through the large
+model's forward, loss and update; the scorer then learns from the large model's observed losses.
+"""
+
+from .batch import BatchError, batch_size, take
+from .losses import ClassificationLoss, LossShapeError, NonFiniteLossError, check_per_sample_loss
+from .memory import LossMemory
+from .policies import POLICIES, Policy, Signals, get_policy, learnability
+from .reference import (
+    Reference,
+    ReferenceCoverageError,
+    ReferenceModel,
+    ReferenceTable,
+    holdout_reference,
+    twin_halves_reference,
+)
+from .rules import Selection, resolve_keep, select
+from .scorer import Scorer
+from .selector import OnlineSelector, ProxyModel, SelectedBatch, spearman
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchError",
+    "ClassificationLoss",
+    "LossMemory",
+    "LossShapeError",
+    "NonFiniteLossError",
+    "OnlineSelector",
+    "POLICIES",
+    "Policy",
+    "ProxyModel",
+    "Reference",
+    "ReferenceCoverageError",
+    "ReferenceModel",
+    "ReferenceTable",
+    "Scorer",
+    "SelectedBatch",
+    "Selection",
+    "Signals",
+    "batch_size",
+    "check_per_sample_loss",
+    "get_policy",
+    "holdout_reference",
+    "learnability",
+    "resolve_keep",
+    "select",
+    "spearman",
+    "take",
+    "twin_halves_reference",
+]

@@ -1,0 +1,129 @@
+"""Candidate batches of any common structure: measure them, check them, slice them.
+
+A batch is a tensor, a numpy array, a mapping (``dict``, ``transformers.BatchEncoding``), or a
+tuple/list of fields. Per-sample fields are tensors or arrays (samples along dim 0) and, inside a
+mapping, lists (e.g. raw strings or ids). Scalars, ``None`` and 0-dim tensors are batch-level
+values: they are kept as they are when a batch is sliced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["BatchError", "batch_size", "take", "per_sample_fields"]
+
+
+class BatchError(ValueError):
+    """A candidate batch is empty, ragged or of a structure that cannot be sliced."""
+
+
+def _is_leaf(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bytes, int, float, bool))
+
+
+def _is_field_container(value: Sequence) -> bool:
+    """A top-level tuple/list is a container of fields when it holds tensors, arrays or mappings."""
+    return any(isinstance(v, (torch.Tensor, np.ndarray, Mapping, tuple)) for v in value)
+
+
+def per_sample_fields(batch: Any, path: str = "batch") -> list[tuple[str, int]]:
+    """Return ``(path, length)`` for every per-sample field in ``batch``."""
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        if batch.ndim == 0:
+            return []
+        return [(path, int(batch.shape[0]))]
+    if isinstance(batch, Mapping):
+        fields = []
+        for key, value in batch.items():
+            sub = f"{path}[{key!r}]"
+            if isinstance(value, list):
+                fields.append((sub, len(value)))
+            else:
+                fields.extend(per_sample_fields(value, sub))
+        return fields
+    if isinstance(batch, (tuple, list)):
+        if _is_field_container(batch):
+            fields = []
+            for i, value in enumerate(batch):
+                fields.extend(per_sample_fields(value, f"{path}[{i}]"))
+            return fields
+        return [(path, len(batch))]
+    if _is_leaf(batch):
+        return []
+    raise BatchError(
+        f"{path} has type {type(batch).__name__}; expected a tensor, array, mapping, tuple or list"
+    )
+
+
+def batch_size(batch: Any) -> int:
+    """Number of samples in ``batch``; raises :class:`BatchError` if it is empty or ragged."""
+    fields = per_sample_fields(batch)
+    if not fields:
+        raise BatchError("the batch has no per-sample field (no tensor, array or list of samples)")
+    first_path, first_len = fields[0]
+    for path, length in fields[1:]:
+        if length != first_len:
+            raise BatchError(
+                f"ragged batch: {path} has {length} samples but {first_path} has {first_len}"
+            )
+    if first_len == 0:
+        raise BatchError("the candidate batch is empty (0 samples)")
+    return first_len
+
+
+def take(batch: Any, indices: torch.Tensor) -> Any:
+    """Return the samples at ``indices`` (a 1-D integer tensor) of every per-sample field.
+
+    The structure is kept: a ``BatchEncoding`` stays a ``BatchEncoding``, a tuple a tuple.
+    """
+    if indices.ndim != 1:
+        raise BatchError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+    return _take(batch, indices.to("cpu", torch.long), None)
+
+
+def _take(batch: Any, indices: torch.Tensor, index_list: list[int] | None) -> Any:
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 0:
+            return batch
+        return batch.index_select(0, indices.to(batch.device))
+    if isinstance(batch, np.ndarray):
+        if batch.ndim == 0:
+            return batch
+        return batch[indices.numpy()]
+    if isinstance(batch, Mapping):
+        if index_list is None:
+            index_list = indices.tolist()
+        items = {}
+        for key, value in batch.items():
+            if isinstance(value, list):
+                items[key] = [value[i] for i in index_list]
+            else:
+                items[key] = _take(value, indices, index_list)
+        return _rebuild_mapping(batch, items)
+    if isinstance(batch, (tuple, list)):
+        if index_list is None:
+            index_list = indices.tolist()
+        if _is_field_container(batch):
+            values = [_take(v, indices, index_list) for v in batch]
+        else:
+            values = [batch[i] for i in index_list]
+        if hasattr(batch, "_fields"):  # namedtuple
+            return type(batch)(*values)
+        return type(batch)(values)
+    return batch
+
+
+def _rebuild_mapping(original: Mapping, items: dict) -> Mapping:
+    if type(original) is dict:
+        return items
+    if type(original).__name__ == "BatchEncoding":
+        # BatchEncoding(data, tensor_type=None) keeps tensors as they are.
+        return type(original)(items)
+    try:
+        return type(original)(items)
+    except TypeError:
+        return items

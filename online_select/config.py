@@ -1,0 +1,276 @@
+"""Recipe configuration: typed dataclasses, YAML files (safe loader) and dotted ``key=value`` overrides.
+
+Unknown keys are errors that name the key, in files and overrides alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "ScorerConfig",
+    "ReferenceConfig",
+    "SelectionConfig",
+    "TrainConfig",
+    "LoggingConfig",
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid (unknown key, wrong type)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is corrupted."""
+
+    path: str = "/usr/share/datasets/fashion-mnist"
+    source: str = "folder"  # folder (MNIST-format IDX files) | hub (datasets.load_dataset)
+    hub_name: str = "zalando-datasets/fashion_mnist"
+    label_noise: float = 0.3
+    holdout_fraction: float = 0.1  # held out of training for a `holdout` reference
+    eval_size: int = 10000
+    noise_seed: int = 1234  # the corruption is part of the dataset: fixed across run seeds
+    max_train_samples: int = 0  # 0: all
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 64
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """The large model."""
+
+    name: str = "small_cnn"
+    width: int = 32
+    hidden: int = 128
+    pretrained_path: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScorerConfig:
+    """The co-trained scorer (see :class:`online_select.Scorer`)."""
+
+    hidden: int = 32
+    lr: float = 3e-3
+    objective: str = "mse"
+    use_memory: bool = True
+    age_scale: float = 1000.0
+    model: str = "none"  # none | a small input model from the task's builders (e.g. mlp)
+
+
+@dataclass
+class ReferenceConfig:
+    """How the reference (irreducible-loss) estimates are made."""
+
+    kind: str = "twin_halves"  # twin_halves | holdout | file | none
+    model: str = "mlp"
+    hidden: int = 128
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 128
+    path: str = ""  # for kind=file: a safetensors file with `losses` (and optional `features`)
+
+
+@dataclass
+class SelectionConfig:
+    """What to select and how."""
+
+    policy: str = "predicted_learnability"
+    candidate_batch_size: int = 640
+    keep: float = 64  # an int count k, or a float ratio of the candidate batch in (0, 1]
+    rule: str = "top_k"
+    explore: float = 0.125
+    temperature: float = 1.0
+    importance_weights: bool = False
+    label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
+    warmup_steps: int = 0
+    on_nonfinite: str = "raise"
+    distributed: str = "local"
+
+
+@dataclass
+class TrainConfig:
+    """The large model's optimisation and the loop's cadence."""
+
+    max_steps: int = 3000
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    eval_every: int = 200
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    resume: str = ""  # "" (fresh) | auto | a checkpoint directory
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    progress: bool = True
+    cpu: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    """Trackers (through Accelerate) next to the always-written metrics.jsonl."""
+
+    trackers: list = field(default_factory=lambda: ["wandb"])
+    project: str = "online_select"
+    run_name: str = ""
+    wandb_mode: str = "offline"  # offline unless the user opts in with `online`
+    log_every: int = 50
+
+
+@dataclass
+class Config:
+    """A whole recipe."""
+
+    task: str = "fashion_mnist"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not fit {hint}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # keep ints as ints where a count is meant (e.g. selection.keep: 64 vs 0.1)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if hint is list or origin is list:
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
+    """Build a config dataclass from a plain dict; unknown keys are errors that name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = config_from_dict(value or {}, hint, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, hint, dotted)
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config as plain data (for YAML/JSON)."""
+    return dataclasses.asdict(config)
+
+
+def _set_dotted(data: dict, cls: type, key: str, raw: str) -> None:
+    parts = key.split(".")
+    node, node_cls = data, cls
+    for i, part in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(node_cls)}
+        dotted = ".".join(parts[: i + 1])
+        if part not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(names))}")
+        hint = _hints(node_cls)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(hint):
+                raise ConfigError(f"{dotted!r} is a section; set one of its keys, e.g. {dotted}.<key>=...")
+            node[part] = yaml.safe_load(raw) if raw != "" else ""
+            return
+        if hint is dict or typing.get_origin(hint) is dict:
+            node.setdefault(part, {})
+            node[part][".".join(parts[i + 1 :])] = yaml.safe_load(raw)
+            return
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"{dotted!r} is not a section, so {key!r} does not exist")
+        node = node.setdefault(part, {}) if isinstance(node.get(part), dict) else node.setdefault(part, {})
+        node_cls = hint
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type = Config) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw config dict."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, cls, key.strip(), raw.strip())
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (safe loader), apply overrides, and validate every key."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)

@@ -1,0 +1,170 @@
+"""Datasets for recipes: MNIST-format IDX folders, hub loading, label noise, and a resumable loader.
+
+Batches are dicts: ``{"input": ..., "label": ..., "id": ..., "noisy": ...}``. ``id`` is the
+sample's position in the training set (stable across runs, so reference losses can be precomputed
+once and looked up), and ``noisy`` flags corrupted labels for telemetry only; training never reads it.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "read_idx",
+    "load_idx_folder",
+    "load_hub_image_classification",
+    "symmetric_label_noise",
+    "TensorLoader",
+]
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(ValueError):
+    """A data folder or file is missing or malformed."""
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed) into a numpy array."""
+    path = Path(path)
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path}: header says {dims} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_idx_folder(folder: str | Path) -> dict[str, np.ndarray]:
+    """Load an MNIST-format folder (train/t10k images and labels, ``.gz`` or raw)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"data folder {str(folder)!r} does not exist; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` "
+            "provides /usr/share/datasets/fashion-mnist, or set data.source=hub to download from the Hugging Face hub"
+        )
+    out, missing = {}, []
+    for key, stem in IDX_FILES.items():
+        found = _find(folder, stem)
+        if found is None:
+            missing.append(stem + "[.gz]")
+        else:
+            out[key] = read_idx(found)
+    if missing:
+        raise DataError(f"data folder {str(folder)!r} lacks the IDX files: {', '.join(missing)}")
+    for split in ("train", "test"):
+        n_img, n_lab = len(out[f"{split}_images"]), len(out[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"{folder}: {split} has {n_img} images but {n_lab} labels")
+    return out
+
+
+def load_hub_image_classification(name: str) -> dict[str, np.ndarray]:
+    """Load an image-classification dataset from the Hugging Face hub (needs network access)."""
+    import datasets
+
+    ds = datasets.load_dataset(name)
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "test")):
+        part = ds[split]
+        image_col = "image" if "image" in part.column_names else part.column_names[0]
+        label_col = "label" if "label" in part.column_names else part.column_names[-1]
+        out[f"{prefix}_images"] = np.stack([np.asarray(img) for img in part[image_col]])
+        out[f"{prefix}_labels"] = np.asarray(part[label_col])
+    return out
+
+
+def symmetric_label_noise(
+    labels: torch.Tensor, rate: float, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip a ``rate`` fraction of labels to a different class chosen uniformly.
+
+    Returns ``(noisy_labels, is_noisy)``. The flip is fixed by ``seed`` so every run of a benchmark
+    sees the same corrupted dataset.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {rate}")
+    g = torch.Generator().manual_seed(seed)
+    is_noisy = torch.rand(len(labels), generator=g) < rate
+    shift = torch.randint(1, num_classes, (len(labels),), generator=g)
+    noisy = torch.where(is_noisy, (labels + shift) % num_classes, labels)
+    return noisy, is_noisy
+
+
+class TensorLoader:
+    """Endless, seeded, resumable batches of ``size`` samples drawn from in-memory tensors.
+
+    Each epoch is a fresh permutation from ``(seed, epoch)``; a short final batch is dropped so every
+    candidate batch has exactly ``size`` samples. ``state_dict`` is the ``(epoch, position)``, so a
+    resumed run continues with the very same batches.
+    """
+
+    def __init__(self, fields: dict[str, torch.Tensor], size: int, seed: int, ids: torch.Tensor | None = None):
+        lengths = {k: len(v) for k, v in fields.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"fields have different lengths: {lengths}")
+        self.fields = fields
+        self.n = next(iter(lengths.values()))
+        if size <= 0 or size > self.n:
+            raise DataError(f"batch size {size} must be between 1 and the dataset size {self.n}")
+        self.size = size
+        self.seed = seed
+        self.ids = ids if ids is not None else torch.arange(self.n)
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.position + self.size > self.n:
+            self.epoch += 1
+            self.position = 0
+            self._order = self._permutation(self.epoch)
+        rows = self._order[self.position : self.position + self.size]
+        self.position += self.size
+        batch = {key: value[rows] for key, value in self.fields.items()}
+        batch["id"] = self.ids[rows]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size or state["seed"] != self.seed:
+            raise DataError(
+                f"loader state is for batch size {state['size']} and seed {state['seed']}, "
+                f"not {self.size} and {self.seed}"
+            )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._order = self._permutation(self.epoch)

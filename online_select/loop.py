@@ -1,0 +1,356 @@
+"""The ready training loop on Accelerate, used by the CLI and the recipes.
+
+Writes ``output_dir/config.yaml`` (the resolved recipe), ``output_dir/metrics.jsonl`` (one JSON
+object per line: train lines every ``logging.log_every`` steps, eval lines every
+``train.eval_every``) and atomic checkpoints under ``output_dir/checkpoints``; logs the same
+numbers to Accelerate trackers (W&B offline unless ``logging.wandb_mode=online``).
+
+``wall_s`` counts training time from the start of the run, selection and reference building
+included, evaluation and checkpointing excluded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config, config_to_dict
+from .scorer import Scorer
+from .selector import OnlineSelector
+from .tasks import Task, build_task
+
+__all__ = ["train", "build_selector", "lr_lambda", "resolve_keep_count"]
+
+
+def lr_lambda(schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at each optimizer step (one step per candidate batch)."""
+    if schedule not in ("constant", "cosine", "linear"):
+        raise ValueError(f"unknown train.schedule {schedule!r}; expected constant, cosine or linear")
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def resolve_keep_count(keep: float, candidate_batch_size: int) -> int | float:
+    """The recipe's ``selection.keep``: an integral value is a count, a fraction a ratio."""
+    if isinstance(keep, int) or (isinstance(keep, float) and keep.is_integer() and keep > 1):
+        return int(keep)
+    return float(keep)
+
+
+def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], torch.Tensor]) -> tuple[OnlineSelector, dict]:
+    """Build the reference, scorer and selector a recipe asks for. Returns the selector and a report."""
+    sel = config.selection
+    from .policies import get_policy
+
+    policy = get_policy(sel.policy)
+    reference, report = None, {}
+    if policy.needs_reference or (policy.needs_scorer and config.reference.kind != "none"):
+        reference, report = task.build_reference(config.seed)
+    scorer = None
+    if policy.needs_scorer:
+        scorer = Scorer(
+            task.scorer_model(config.scorer.model),
+            lr=config.scorer.lr,
+            objective=config.scorer.objective,
+            use_memory=config.scorer.use_memory,
+            age_scale=config.scorer.age_scale,
+        )
+    label_floor = task.label_floor() if sel.label_floor == "auto" else float(sel.label_floor)
+    selector = OnlineSelector(
+        policy,
+        resolve_keep_count(sel.keep, sel.candidate_batch_size),
+        scorer=scorer,
+        reference=reference,
+        large_loss_fn=large_loss_fn,
+        rule=sel.rule,
+        explore=sel.explore,
+        temperature=sel.temperature,
+        importance_weights=sel.importance_weights,
+        label_floor=label_floor,
+        warmup_steps=sel.warmup_steps,
+        on_nonfinite=sel.on_nonfinite,
+        id_key="id",
+        seed=config.seed,
+    )
+    return selector, report
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+class _Clock:
+    """Training wall-clock that can be paused for evaluation and checkpointing."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+        self.started = time.perf_counter()
+
+    def pause(self) -> None:
+        self.offset += time.perf_counter() - self.started
+
+    def resume(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.offset + time.perf_counter() - self.started
+
+
+class _Tally:
+    """Counts over the selected samples between two eval lines."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.selected = 0
+        self.selected_noisy = 0
+        self.candidates = 0
+        self.candidates_noisy = 0
+        self.class_counts = torch.zeros(max(self.num_classes, 1), dtype=torch.long)
+        self.time = {"load": 0.0, "select": 0.0, "large": 0.0, "observe": 0.0}
+        self.steps = 0
+
+    def add(self, candidate: dict, indices: torch.Tensor, noise_key: str | None, label_key: str | None) -> None:
+        self.selected += indices.numel()
+        self.candidates += len(candidate["id"])
+        if noise_key and noise_key in candidate:
+            noisy = candidate[noise_key]
+            self.selected_noisy += int(noisy[indices].sum())
+            self.candidates_noisy += int(noisy.sum())
+        if label_key and label_key in candidate and self.num_classes:
+            self.class_counts += torch.bincount(candidate[label_key][indices].cpu(), minlength=self.num_classes)[: self.num_classes]
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.selected:
+            out["selection/noisy_share"] = self.selected_noisy / self.selected
+            out["selection/base_noisy_share"] = self.candidates_noisy / max(self.candidates, 1)
+            if self.num_classes:
+                share = self.class_counts.float() / self.class_counts.sum().clamp_min(1)
+                out["selection/class_share_max"] = float(share.max())
+                out["selection/class_share_min"] = float(share.min())
+        if self.steps:
+            for name, seconds in self.time.items():
+                out[f"time/{name}_ms"] = 1000 * seconds / self.steps
+            large = self.time["large"]
+            out["time/overhead_pct"] = 100 * (self.time["select"] + self.time["observe"]) / large if large else 0.0
+        return out
+
+
+def train(config: Config, task: Task | None = None) -> dict[str, Any]:
+    """Run a recipe end to end; returns the final eval line."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    out_dir = Path(config.output_dir)
+    trackers = [t for t in config.logging.trackers if t and t != "none"]
+    if "wandb" in trackers:
+        os.environ.setdefault("WANDB_MODE", config.logging.wandb_mode)
+        os.environ.setdefault("WANDB_DIR", str(out_dir))
+    accelerator = Accelerator(cpu=config.train.cpu, log_with=trackers or None, project_dir=str(out_dir))
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+    sel_cfg = config.selection
+    uniform = sel_cfg.policy == "uniform"
+    keep = resolve_keep_count(sel_cfg.keep, sel_cfg.candidate_batch_size)
+    k = keep if isinstance(keep, int) else max(1, round(keep * sel_cfg.candidate_batch_size))
+    if k > sel_cfg.candidate_batch_size:
+        raise ValueError(f"selection.keep={k} exceeds selection.candidate_batch_size={sel_cfg.candidate_batch_size}")
+
+    task = task or build_task(config)
+    model = task.large_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.train.schedule, config.train.warmup_steps, config.train.max_steps)
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    device = accelerator.device
+
+    def large_loss_fn(candidate: Any) -> torch.Tensor:
+        model.eval()
+        try:
+            return task.loss(model, _to_device(candidate, device))
+        finally:
+            model.train()
+
+    build_start = time.perf_counter()
+    selector, reference_report = build_selector(config, task, large_loss_fn)
+    build_s = time.perf_counter() - build_start
+    # The uniform baseline loads only the k samples it trains on, as a plain loop would.
+    loader = task.train_loader(k if uniform else sel_cfg.candidate_batch_size, config.seed)
+
+    start_step = 0
+    ckpt_root = out_dir / "checkpoints"
+    resume_from = None
+    if config.train.resume == "auto":
+        resume_from = find_latest_checkpoint(ckpt_root)
+    elif config.train.resume:
+        resume_from = Path(config.train.resume)
+    if resume_from is not None:
+        state, model_state, start_step = load_checkpoint(resume_from)
+        accelerator.unwrap_model(model).load_state_dict(model_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        selector.load_state_dict(state["selector"])
+        loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        build_s = float(state["wall_s"])
+        accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
+    metrics_path = out_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        _truncate_metrics(metrics_path, start_step)
+    if trackers:
+        init_kwargs = {"wandb": {"dir": str(out_dir), "mode": config.logging.wandb_mode}}
+        if config.logging.run_name:
+            init_kwargs["wandb"]["name"] = config.logging.run_name
+        accelerator.init_trackers(config.logging.project, config=_flat(config_to_dict(config)), init_kwargs=init_kwargs)
+
+    # The clock starts with the time spent building the reference and scorer (counted as training).
+    clock = _Clock(offset=build_s)
+    tally = _Tally(task.num_classes)
+    last_eval: dict[str, Any] = {}
+
+    def write(line: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}, step=line["step"])
+
+    def evaluate(step: int) -> dict[str, Any]:
+        clock.pause()
+        line = {"step": step, "wall_s": round(clock.offset, 4), "samples_seen": selector.samples_seen}
+        line.update(task.evaluate(accelerator.unwrap_model(model), device))
+        line.update(tally.summary())
+        line.update(selector.stats())
+        line.update({k: v for k, v in reference_report.items()})
+        write(line)
+        tally.reset()
+        clock.resume()
+        return line
+
+    def checkpoint(step: int) -> None:
+        clock.pause()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "selector": selector.state_dict(),
+                "loader": loader.state_dict(),
+                "rng": _rng_state(),
+                "wall_s": clock.offset,
+            }
+            save_checkpoint(ckpt_root, step, state, accelerator.unwrap_model(model).state_dict(), config.train.keep_checkpoints)
+        clock.resume()
+
+    if start_step == 0 and config.train.eval_every:
+        last_eval = evaluate(0)
+    progress = None
+    if config.train.progress and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.train.max_steps, initial=start_step, desc=f"{sel_cfg.policy}", dynamic_ncols=True)
+    model.train()
+    for step in range(start_step + 1, config.train.max_steps + 1):
+        t0 = time.perf_counter()
+        candidate = next(loader)
+        t1 = time.perf_counter()
+        selected = selector.select(candidate)
+        t2 = time.perf_counter()
+        losses = task.loss(model, _to_device(selected.batch, device))
+        loss = selector.observe(selected, losses)
+        t3 = time.perf_counter()
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        observe_s = selected.timings.get("observe_s", 0.0)
+        tally.time["load"] += t1 - t0
+        tally.time["select"] += t2 - t1
+        tally.time["observe"] += observe_s
+        tally.time["large"] += (t4 - t2) - observe_s
+        tally.steps += 1
+        tally.add(candidate, selected.indices, task.noise_key, task.label_key)
+        if progress is not None:
+            progress.update(1)
+        if config.logging.log_every and step % config.logging.log_every == 0:
+            line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(loss.detach())}
+            line["train/lr"] = scheduler.get_last_lr()[0]
+            line.update(selector.stats())
+            accelerator.log({k: v for k, v in line.items() if k != "step"}, step=step)
+        if config.train.eval_every and (step % config.train.eval_every == 0 or step == config.train.max_steps):
+            last_eval = evaluate(step)
+            if progress is not None:
+                progress.set_postfix(acc=f"{last_eval.get('eval/accuracy', float('nan')):.4f}")
+        if config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or step == config.train.max_steps):
+            checkpoint(step)
+    if progress is not None:
+        progress.close()
+    accelerator.end_training()
+    return last_eval
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines written after the checkpoint's step (they will be written again)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out

@@ -1,0 +1,91 @@
+"""Per-sample memory of the large model's observed losses, keyed by sample id."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["LossMemory", "check_ids"]
+
+MAX_SAMPLE_ID = 2**31 - 1
+
+
+def check_ids(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Validate sample ids: a 1-D integer tensor of ``batch_size`` non-negative ids."""
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.as_tensor(ids)
+    if ids.ndim != 1 or ids.numel() != batch_size:
+        raise ValueError(f"expected {batch_size} sample ids (one per candidate), got shape {tuple(ids.shape)}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"sample ids must be integers, got dtype {ids.dtype}")
+    ids = ids.to("cpu", torch.long)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > MAX_SAMPLE_ID):
+        raise ValueError(
+            "sample ids must be dense non-negative integers below 2**31 (positions in the dataset); "
+            f"got range [{int(ids.min())}, {int(ids.max())}]"
+        )
+    return ids
+
+
+class LossMemory:
+    """The last observed loss of every sample id, when it was observed and how often.
+
+    Storage grows with the largest id seen, so memory use is flat once every sample has been seen.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.last_loss = torch.full((capacity,), float("nan"))
+        self.last_step = torch.zeros(capacity, dtype=torch.long)
+        self.count = torch.zeros(capacity, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int((self.count > 0).sum())
+
+    def _grow(self, max_id: int) -> None:
+        size = self.last_loss.numel()
+        if max_id < size:
+            return
+        new_size = max(max_id + 1, 2 * size, 1024)
+        extra = new_size - size
+        self.last_loss = torch.cat([self.last_loss, torch.full((extra,), float("nan"))])
+        self.last_step = torch.cat([self.last_step, torch.zeros(extra, dtype=torch.long)])
+        self.count = torch.cat([self.count, torch.zeros(extra, dtype=torch.long)])
+
+    def update(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
+        """Record ``losses`` observed for ``ids`` at ``step`` (non-finite losses are not recorded)."""
+        ids = check_ids(ids, losses.numel())
+        losses = losses.detach().float().cpu()
+        keep = torch.isfinite(losses)
+        ids, losses = ids[keep], losses[keep]
+        if ids.numel() == 0:
+            return
+        self._grow(int(ids.max()))
+        self.last_loss[ids] = losses
+        self.last_step[ids] = step
+        self.count[ids] += 1
+
+    def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(last_loss, last_step, count)`` for ``ids``; unseen ids give NaN, 0, 0."""
+        ids = check_ids(ids, ids.numel())
+        n = ids.numel()
+        loss = torch.full((n,), float("nan"))
+        step = torch.zeros(n, dtype=torch.long)
+        count = torch.zeros(n, dtype=torch.long)
+        known = ids < self.last_loss.numel()
+        known_ids = ids[known]
+        loss[known] = self.last_loss[known_ids]
+        step[known] = self.last_step[known_ids]
+        count[known] = self.count[known_ids]
+        return loss, step, count
+
+    def mean_loss(self) -> float:
+        """Mean of the recorded losses (NaN when nothing was recorded)."""
+        seen = self.count > 0
+        return float(self.last_loss[seen].mean()) if bool(seen.any()) else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"last_loss": self.last_loss.clone(), "last_step": self.last_step.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_loss = state["last_loss"].clone().float()
+        self.last_step = state["last_step"].clone().long()
+        self.count = state["count"].clone().long()

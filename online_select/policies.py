@@ -1,0 +1,154 @@
+"""Selection policies: pure score functions over per-candidate signals.
+
+A policy declares which signals it needs (:attr:`Policy.needs`); the selector computes exactly those
+and nothing else, so a policy that never asks for ``large_loss`` never pays a large-model forward on
+rejected candidates. Higher scores are preferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Signals", "Policy", "POLICIES", "get_policy", "learnability"]
+
+LARGE_LOSS = "large_loss"
+REFERENCE_LOSS = "reference_loss"
+PREDICTED_LOSS = "predicted_loss"
+PROXY_LOSS = "proxy_loss"
+SIGNALS = (LARGE_LOSS, REFERENCE_LOSS, PREDICTED_LOSS, PROXY_LOSS)
+
+
+@dataclass
+class Signals:
+    """Per-candidate signals, each a 1-D tensor of length B (``None`` when not computed).
+
+    - ``large_loss``: the large model's current loss (a forward on every candidate).
+    - ``reference_loss``: the irreducible-loss estimate from a reference model or table.
+    - ``predicted_loss``: the scorer's prediction of the large model's current loss.
+    - ``proxy_loss``: a small proxy model's own task loss.
+    """
+
+    batch_size: int
+    large_loss: torch.Tensor | None = None
+    reference_loss: torch.Tensor | None = None
+    predicted_loss: torch.Tensor | None = None
+    proxy_loss: torch.Tensor | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def get(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"signal {name!r} was not computed; the policy must declare it in `needs`")
+        return value
+
+
+def learnability(large_loss: torch.Tensor, reference_loss: torch.Tensor, label_floor: float) -> torch.Tensor:
+    """Bounded learnability: ``(1 - p_large) * (p_ref - label_floor)`` with ``p = exp(-loss)``.
+
+    ``1 - p_large`` is what the large model still gets wrong about the sample's label;
+    ``p_ref - label_floor`` is the reference's evidence that the label is right, relative to a
+    floor (e.g. chance, 1/num_classes). A mislabelled sample has ``p_ref`` near or under the floor,
+    so it scores at or below zero however badly the large model fits it; unlike the raw difference
+    ``large_loss - reference_loss`` this cannot drift toward mislabelled samples as the large model
+    grows more confident than the reference.
+    """
+    p_large = torch.exp(-large_loss.clamp_min(0.0))
+    p_ref = torch.exp(-reference_loss.clamp_min(0.0))
+    return (1.0 - p_large) * (p_ref - label_floor)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named score function and the signals it needs."""
+
+    name: str
+    needs: tuple[str, ...]
+    score_fn: Callable[[Signals, dict], torch.Tensor]
+    description: str
+
+    @property
+    def needs_large_forward(self) -> bool:
+        """Whether the large model must run a forward on every candidate (rejected ones too)."""
+        return LARGE_LOSS in self.needs
+
+    @property
+    def needs_reference(self) -> bool:
+        return REFERENCE_LOSS in self.needs
+
+    @property
+    def needs_scorer(self) -> bool:
+        return PREDICTED_LOSS in self.needs
+
+    @property
+    def needs_proxy(self) -> bool:
+        return PROXY_LOSS in self.needs
+
+    def score(self, signals: Signals, **options) -> torch.Tensor:
+        scores = self.score_fn(signals, options)
+        if scores.shape != (signals.batch_size,):
+            raise ValueError(
+                f"policy {self.name!r} returned scores of shape {tuple(scores.shape)}, "
+                f"expected ({signals.batch_size},)"
+            )
+        return scores
+
+
+def _uniform(s: Signals, _: dict) -> torch.Tensor:
+    return torch.rand(s.batch_size, generator=s.generator)
+
+
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        Policy("uniform", (), _uniform, "a uniformly random subset (the baseline)"),
+        Policy(
+            "large_loss",
+            (LARGE_LOSS,),
+            lambda s, o: s.get(LARGE_LOSS),
+            "the large model's own loss on all candidates (Selective-Backprop style oracle)",
+        ),
+        Policy(
+            "reducible_loss",
+            (LARGE_LOSS, REFERENCE_LOSS),
+            lambda s, o: s.get(LARGE_LOSS) - s.get(REFERENCE_LOSS),
+            "RHO-LOSS: large-model loss minus reference loss, a large forward on all candidates",
+        ),
+        Policy(
+            "learnability",
+            (LARGE_LOSS, REFERENCE_LOSS),
+            lambda s, o: learnability(s.get(LARGE_LOSS), s.get(REFERENCE_LOSS), o.get("label_floor", 0.0)),
+            "bounded learnability from the large model's exact loss (oracle of predicted_learnability)",
+        ),
+        Policy(
+            "predicted_loss",
+            (PREDICTED_LOSS,),
+            lambda s, o: s.get(PREDICTED_LOSS),
+            "the scorer's prediction of the large model's loss; no large forward on candidates",
+        ),
+        Policy(
+            "predicted_learnability",
+            (PREDICTED_LOSS, REFERENCE_LOSS),
+            lambda s, o: learnability(s.get(PREDICTED_LOSS), s.get(REFERENCE_LOSS), o.get("label_floor", 0.0)),
+            "bounded learnability from the scorer's predicted loss and the reference loss",
+        ),
+        Policy(
+            "proxy_loss",
+            (PROXY_LOSS,),
+            lambda s, o: s.get(PROXY_LOSS),
+            "a small proxy model's own task loss",
+        ),
+    )
+}
+
+
+def get_policy(policy: str | Policy) -> Policy:
+    """Look up a policy by name (or pass a :class:`Policy` through)."""
+    if isinstance(policy, Policy):
+        return policy
+    try:
+        return POLICIES[policy]
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}; known policies: {', '.join(POLICIES)}") from None

@@ -1,0 +1,229 @@
+"""Reference (irreducible-loss) estimates: a table looked up by sample id, or a frozen model.
+
+Builders train reference models the ways RHO-LOSS and its successors do: on a holdout split, or as
+*twin halves* (two models, each trained on one half of the training ids and scoring the other half,
+so no data is held back and no sample is scored by a model that saw it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .losses import ModelLoss
+from .memory import check_ids
+
+__all__ = [
+    "Reference",
+    "ReferenceTable",
+    "ReferenceModel",
+    "ReferenceCoverageError",
+    "train_model",
+    "reference_table_from_models",
+    "twin_halves_reference",
+    "holdout_reference",
+]
+
+
+class ReferenceCoverageError(KeyError):
+    """A candidate's sample id has no reference loss."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Reference:
+    """Base class: per-candidate reference losses and scorer features."""
+
+    needs_ids: bool = False
+
+    def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        """Features for the scorer, ``[B, F]``; the first column is the reference loss."""
+        return self.losses(batch, ids)[:, None]
+
+    def losses_and_features(self, batch: Any, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(batch, ids)
+        return features[:, 0], features
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+class ReferenceTable(Reference):
+    """Reference losses (and optional extra features) precomputed once per sample id.
+
+    ``losses[i]`` is the reference loss of sample id ``i``; NaN marks an id that has none, and
+    looking one up is an error that names it.
+    """
+
+    needs_ids = True
+
+    def __init__(self, losses: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        losses = torch.as_tensor(losses, dtype=torch.float32).flatten()
+        if features is not None:
+            features = torch.as_tensor(features, dtype=torch.float32)
+            if features.ndim != 2 or features.shape[0] != losses.numel():
+                raise ValueError(
+                    f"features must be [num_ids, F] with num_ids={losses.numel()}, got {tuple(features.shape)}"
+                )
+        self.table = losses
+        self.extra = features
+
+    def __len__(self) -> int:
+        return int(torch.isfinite(self.table).sum())
+
+    def _check(self, ids: torch.Tensor | None, n: int) -> torch.Tensor:
+        if ids is None:
+            raise ValueError("a ReferenceTable looks losses up by sample id: pass ids with each candidate batch")
+        ids = check_ids(ids, n)
+        outside = ids >= self.table.numel()
+        missing = outside.clone()
+        missing[~outside] = ~torch.isfinite(self.table[ids[~outside]])
+        if bool(missing.any()):
+            bad = ids[missing][:5].tolist()
+            raise ReferenceCoverageError(
+                f"the reference table has no loss for {int(missing.sum())} candidate sample id(s), e.g. {bad}; "
+                f"it covers {len(self)} ids in [0, {self.table.numel()})"
+            )
+        return ids
+
+    def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        n = ids.numel() if ids is not None else 0
+        return self.table[self._check(ids, n)]
+
+    def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        n = ids.numel() if ids is not None else 0
+        ids = self._check(ids, n)
+        if self.extra is None:
+            return self.table[ids][:, None]
+        return torch.cat([self.table[ids][:, None], self.extra[ids]], dim=1)
+
+    def state_dict(self) -> dict:
+        state = {"losses": self.table.clone()}
+        if self.extra is not None:
+            state["features"] = self.extra.clone()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table = state["losses"].clone().float()
+        self.extra = state["features"].clone().float() if "features" in state else None
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ReferenceTable:
+        return cls(state["losses"], state.get("features"))
+
+
+class ReferenceModel(Reference):
+    """A frozen model evaluated on every candidate batch (one small forward per step)."""
+
+    def __init__(self, model: nn.Module, loss: ModelLoss) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.loss = loss
+
+    @torch.inference_mode()
+    def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        return self.loss(self.model, batch).float().cpu()
+
+    @torch.inference_mode()
+    def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
+        if hasattr(self.loss, "features"):
+            return self.loss.features(self.model, batch).float().cpu()
+        return self.losses(batch, ids)[:, None]
+
+
+def train_model(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[], Iterable[Any]],
+    loss: ModelLoss,
+    epochs: int,
+) -> nn.Module:
+    """Train ``model`` for ``epochs`` passes over ``batches()`` with the mean of ``loss``."""
+    model.train()
+    for _ in range(epochs):
+        for batch in batches():
+            per_sample = loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            per_sample.mean().backward()
+            optimizer.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def reference_table_from_models(
+    parts: Sequence[tuple[nn.Module, Iterable[Any]]],
+    loss: ModelLoss,
+    ids_of: Callable[[Any], torch.Tensor],
+    num_ids: int,
+) -> ReferenceTable:
+    """Score each ``(model, batches)`` part and collect one table keyed by sample id."""
+    table = torch.full((num_ids,), float("nan"))
+    extra: torch.Tensor | None = None
+    for model, batches in parts:
+        model.eval()
+        for batch in batches:
+            ids = torch.as_tensor(ids_of(batch))
+            ids = check_ids(ids, ids.numel())
+            feats = loss.features(model, batch).float().cpu() if hasattr(loss, "features") else None
+            if feats is None:
+                table[ids] = loss(model, batch).float().cpu()
+                continue
+            table[ids] = feats[:, 0]
+            if feats.shape[1] > 1:
+                if extra is None:
+                    extra = torch.full((num_ids, feats.shape[1] - 1), float("nan"))
+                extra[ids] = feats[:, 1:]
+    return ReferenceTable(table, extra)
+
+
+def twin_halves_reference(
+    make_model: Callable[[], nn.Module],
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    batches_of_half: Callable[[int, bool], Iterable[Any]],
+    loss: ModelLoss,
+    ids_of: Callable[[Any], torch.Tensor],
+    num_ids: int,
+    epochs: int = 3,
+) -> tuple[ReferenceTable, dict]:
+    """Twin-halves reference: model ``h`` trains on half ``h`` and scores half ``1 - h``.
+
+    ``batches_of_half(h, shuffle)`` yields batches of the samples in half ``h``. Returns the table
+    and a report (seconds spent, ids covered).
+    """
+    start = time.perf_counter()
+    parts = []
+    for half in (0, 1):
+        model = make_model()
+        train_model(model, make_optimizer(model), lambda h=half: batches_of_half(h, True), loss, epochs)
+        parts.append((model, batches_of_half(1 - half, False)))
+    table = reference_table_from_models(parts, loss, ids_of, num_ids)
+    return table, {"reference_seconds": time.perf_counter() - start, "reference_ids": len(table)}
+
+
+def holdout_reference(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    holdout_batches: Callable[[], Iterable[Any]],
+    train_batches: Iterable[Any],
+    loss: ModelLoss,
+    ids_of: Callable[[Any], torch.Tensor],
+    num_ids: int,
+    epochs: int = 3,
+) -> tuple[ReferenceTable, dict]:
+    """RHO-LOSS's reference: train on a holdout split, then score every training id once."""
+    start = time.perf_counter()
+    train_model(model, optimizer, holdout_batches, loss, epochs)
+    table = reference_table_from_models([(model, train_batches)], loss, ids_of, num_ids)
+    return table, {"reference_seconds": time.perf_counter() - start, "reference_ids": len(table)}

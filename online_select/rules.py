@@ -1,0 +1,143 @@
+"""Selection rules: pure functions from candidate scores to the picked indices and loss weights.
+
+Every rule returns a :class:`Selection` whose ``weights`` are meant for
+``(selection.weights * per_sample_losses).mean()``: all ones for plain top-k, and importance weights
+for stochastic sampling that make that mean an unbiased estimate of the mean loss over *all*
+candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Selection", "resolve_keep", "select", "RULES"]
+
+RULES = ("top_k", "sample")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a selection rule over a candidate batch of size ``batch_size``.
+
+    ``indices`` are positions in the candidate batch (unique, exactly k), ``weights`` are per-sample
+    loss weights aligned with ``indices`` and ``explored`` marks the uniformly random exploration picks.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    explored: torch.Tensor
+    batch_size: int
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.numel())
+
+
+def resolve_keep(keep: int | float, batch_size: int) -> int:
+    """Turn ``keep`` (a count k, or a ratio of the batch in (0, 1]) into a count for this batch.
+
+    A float ratio keeps ``max(1, round(keep * batch_size))`` samples; an int is taken as a count and
+    must not exceed the batch size.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"the candidate batch is empty (batch_size={batch_size})")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise TypeError(f"keep must be an int count or a float ratio, got {keep!r}")
+    if isinstance(keep, float):
+        if not (0.0 < keep <= 1.0) or math.isnan(keep):
+            raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+        return max(1, min(batch_size, round(keep * batch_size)))
+    if keep <= 0:
+        raise ValueError(f"keep must be positive, got k={keep}")
+    if keep > batch_size:
+        raise ValueError(f"cannot keep k={keep} samples from a candidate batch of B={batch_size}")
+    return keep
+
+
+def select(
+    scores: torch.Tensor,
+    k: int,
+    *,
+    rule: str = "top_k",
+    temperature: float = 1.0,
+    explore: float = 0.0,
+    importance_weights: bool = False,
+    generator: torch.Generator | None = None,
+) -> Selection:
+    """Pick ``k`` of ``len(scores)`` candidates; higher scores are preferred.
+
+    - ``rule="top_k"``: the k highest scores (ties broken by position).
+    - ``rule="sample"``: priority sampling without replacement, each candidate drawn with intensity
+      ``exp(score / temperature)``; with ``importance_weights=True`` the returned weights make the
+      weighted mean loss an exactly unbiased estimate of the mean over all candidates (Duffield,
+      Lund & Thorup's priority-sampling estimator).
+    - ``explore``: a fraction of k drawn uniformly at random from all candidates *before* the rule
+      picks the rest, so a scorer trained on them sees unbiased targets.
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D (one per candidate), got shape {tuple(scores.shape)}")
+    batch_size = scores.numel()
+    if batch_size == 0:
+        raise ValueError("cannot select from an empty candidate batch")
+    if not 0 < k <= batch_size:
+        raise ValueError(f"cannot keep k={k} samples from a candidate batch of B={batch_size}")
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"explore must be in [0, 1], got {explore}")
+    if temperature <= 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    if importance_weights and rule != "sample":
+        raise ValueError("importance_weights=True needs rule='sample' (top-k has no inclusion probabilities)")
+    scores = scores.detach().float().cpu()
+    if not torch.isfinite(scores).all():
+        bad = int((~torch.isfinite(scores)).sum())
+        raise ValueError(f"{bad} of {batch_size} candidate scores are NaN or infinite")
+
+    n_explore = min(k, round(explore * k))
+    order = torch.randperm(batch_size, generator=generator)
+    explored_idx = order[:n_explore]
+    rest = order[n_explore:]
+    n_rule = k - n_explore
+    weights_rest = torch.ones(n_rule)
+    if n_rule == 0:
+        picked = rest[:0]
+    elif rule == "top_k":
+        # Sort the remaining candidates by position first so ties break deterministically.
+        rest = rest.sort().values
+        picked = rest[torch.topk(scores[rest], n_rule, sorted=True).indices]
+    else:
+        picked, weights_rest = _priority_sample(scores[rest] / temperature, n_rule, generator)
+        picked = rest[picked]
+    indices = torch.cat([picked, explored_idx])
+    explored = torch.cat([torch.zeros(n_rule, dtype=torch.bool), torch.ones(n_explore, dtype=torch.bool)])
+    if importance_weights:
+        # Each explored pick stands for itself; each sampled pick for max(1, tau / w_i) candidates.
+        units = torch.cat([weights_rest, torch.ones(n_explore)])
+        weights = units * (k / batch_size)
+    else:
+        weights = torch.ones(k)
+    return Selection(indices=indices, weights=weights, explored=explored, batch_size=batch_size)
+
+
+def _priority_sample(
+    log_intensity: torch.Tensor, k: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Priority sampling: keep the k largest ``w_i / u_i``; estimate weights ``max(1, tau / w_i)``.
+
+    Works in log space so large scores cannot overflow.
+    """
+    n = log_intensity.numel()
+    log_w = log_intensity - log_intensity.max()
+    u = torch.rand(n, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
+    log_priority = log_w - torch.log(u)
+    if k >= n:
+        return torch.arange(n), torch.ones(n)
+    top = torch.topk(log_priority, k + 1, sorted=True)
+    picked = top.indices[:k]
+    log_tau = top.values[k]
+    units = torch.exp((log_tau - log_w[picked]).clamp_min(0.0))
+    return picked, units

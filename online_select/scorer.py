@@ -1,0 +1,257 @@
+"""The scorer: predicts the large model's current loss on candidates it has not run them through.
+
+It sees cheap per-candidate features:
+
+- the loss memory: the large model's last observed loss on the sample id, how many steps ago, how
+  often it was observed (a free, stale view of the current loss);
+- the reference's features (its loss and, for classifiers, entropy and margin): how hard and how
+  plausibly labelled the sample is, known even for samples the large model never saw;
+- optionally a small model's view of the raw input (a user-given ``nn.Module`` returning ``[B, D]``),
+  trained end to end with the head.
+
+A small head maps them to a predicted loss and learns online from the large model's observed
+per-sample losses on the samples it trains on (the exploration picks keep those targets unbiased).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .memory import LossMemory
+
+__all__ = ["Scorer", "RunningNorm", "OBJECTIVES"]
+
+OBJECTIVES = ("mse", "huber", "rank_mse")
+MEMORY_FEATURES = 4
+
+
+class RunningNorm(nn.Module):
+    """Standardises features with running mean and variance (updated only when told)."""
+
+    def __init__(self, dim: int, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        mean, var = x.mean(0), x.var(0, unbiased=False) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        if not bool(self.initialised):
+            self.mean.copy_(mean)
+            self.var.copy_(var.clamp_min(1e-4))
+            self.initialised.fill_(True)
+            return
+        self.mean.lerp_(mean, self.momentum)
+        self.var.lerp_(var.clamp_min(1e-4), self.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.var.sqrt()
+
+
+def default_head(in_features: int, hidden: int = 32) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+
+class Scorer:
+    """Predicts the large model's per-sample loss from memory, reference and small-model features.
+
+    Args:
+        model: optional small ``nn.Module`` applied to ``model_input(candidate_batch)``, returning
+            ``[B, D]`` features; trained jointly with the head.
+        model_input: picks the small model's input from a batch (default: field 0 or ``"input"``).
+        head: maps the feature vector to one predicted loss; default a 32-unit MLP, built lazily
+            once the feature width is known.
+        optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr).
+        objective: ``"mse"`` (default; measured best), ``"huber"``, or ``"rank_mse"`` (a pairwise
+            ranking loss plus MSE so predictions stay on the loss scale).
+        use_memory: include the loss-memory features (needs sample ids).
+        age_scale: steps over which a memory entry is considered stale (sets the age feature scale).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        model_input: Callable[[Any], Any] | None = None,
+        head: nn.Module | None = None,
+        optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
+        lr: float = 3e-3,
+        objective: str = "mse",
+        use_memory: bool = True,
+        age_scale: float = 1000.0,
+    ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown scorer objective {objective!r}; expected one of {OBJECTIVES}")
+        self.model = model
+        self.model_input = model_input or _default_input
+        self.head = head
+        self.make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self.objective = objective
+        self.use_memory = use_memory
+        self.age_scale = float(age_scale)
+        self.memory = LossMemory()
+        self.norm: RunningNorm | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.num_features: int | None = None
+        self.updates = 0
+        self.last_loss = float("nan")
+
+    @property
+    def needs_ids(self) -> bool:
+        return self.use_memory
+
+    def _build(self, num_features: int) -> None:
+        self.num_features = num_features
+        self.norm = RunningNorm(num_features)
+        if self.head is None:
+            self.head = default_head(num_features)
+        params = list(self.head.parameters())
+        if self.model is not None:
+            params += list(self.model.parameters())
+        self.optimizer = self.make_optimizer(params)
+
+    def features(
+        self,
+        batch: Any,
+        ids: torch.Tensor | None,
+        step: int,
+        reference_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The feature matrix ``[B, F]`` for a candidate batch (no gradients; cheap)."""
+        parts = []
+        if self.use_memory:
+            if ids is None:
+                raise ValueError("the scorer's loss memory needs sample ids: pass ids= or set use_memory=False")
+            last_loss, last_step, count = self.memory.lookup(ids)
+            seen = count > 0
+            age = torch.where(seen, (step - last_step).clamp_min(0).float(), torch.zeros_like(last_loss))
+            parts.append(
+                torch.stack(
+                    [
+                        torch.where(seen, last_loss, torch.zeros_like(last_loss)),
+                        seen.float(),
+                        torch.log1p(age / self.age_scale * 10.0),
+                        torch.log1p(count.float()),
+                    ],
+                    dim=1,
+                )
+            )
+        if reference_features is not None:
+            parts.append(reference_features.float().cpu())
+        if not parts and self.model is None:
+            raise ValueError("the scorer has no features: give it a small model, sample ids or a reference")
+        if not parts:
+            n = self._model_features(batch).shape[0]
+            return torch.zeros(n, 0)
+        return torch.cat(parts, dim=1)
+
+    def _model_features(self, batch: Any) -> torch.Tensor:
+        assert self.model is not None
+        out = self.model(self.model_input(batch))
+        if out.ndim == 1:
+            out = out[:, None]
+        return out.float().cpu()
+
+    def _forward(self, features: torch.Tensor, batch: Any | None) -> torch.Tensor:
+        if self.num_features is None:
+            width = features.shape[1]
+            if self.model is not None:
+                with torch.no_grad():
+                    width += self._model_features(batch).shape[1]
+            self._build(width)
+        x = features
+        if self.model is not None:
+            x = torch.cat([x, self._model_features(batch)], dim=1)
+        return self.head(self.norm(x))[:, 0]
+
+    def predict(self, features: torch.Tensor, batch: Any | None = None) -> torch.Tensor:
+        """Predicted large-model loss per candidate."""
+        with torch.no_grad():
+            return self._forward(features, batch).float()
+
+    def update(
+        self,
+        features: torch.Tensor,
+        observed_loss: torch.Tensor,
+        ids: torch.Tensor | None,
+        step: int,
+        batch: Any | None = None,
+    ) -> float:
+        """One optimisation step towards the observed losses; records them in the memory."""
+        observed_loss = observed_loss.detach().float().cpu()
+        if self.num_features is None:
+            self._forward(features, batch)
+        x_for_norm = features
+        if self.model is not None:
+            with torch.no_grad():
+                x_for_norm = torch.cat([features, self._model_features(batch)], dim=1)
+        self.norm.update(x_for_norm)
+        prediction = self._forward(features, batch)
+        loss = self._objective(prediction, observed_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.use_memory and ids is not None:
+            self.memory.update(ids, observed_loss, step)
+        self.updates += 1
+        self.last_loss = float(loss.detach())
+        return self.last_loss
+
+    def _objective(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.objective == "mse":
+            return F.mse_loss(prediction, target)
+        if self.objective == "huber":
+            return F.huber_loss(prediction, target, delta=1.0)
+        diff_pred = prediction[:, None] - prediction[None, :]
+        order = torch.sign(target[:, None] - target[None, :])
+        mask = order != 0
+        rank = F.softplus(-order[mask] * diff_pred[mask]).mean() if bool(mask.any()) else prediction.sum() * 0
+        return rank + F.mse_loss(prediction, target)
+
+    def state_dict(self) -> dict:
+        state: dict[str, Any] = {
+            "memory": self.memory.state_dict(),
+            "updates": self.updates,
+            "num_features": self.num_features,
+        }
+        if self.num_features is not None:
+            state["head"] = self.head.state_dict()
+            state["norm"] = self.norm.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory.load_state_dict(state["memory"])
+        self.updates = int(state["updates"])
+        if self.model is not None and "model" in state:
+            self.model.load_state_dict(state["model"])
+        if state.get("num_features") is not None:
+            if self.num_features is None:
+                self._build(int(state["num_features"]))
+            elif self.num_features != int(state["num_features"]):
+                raise ValueError(
+                    f"scorer checkpoint has {state['num_features']} features but this scorer has {self.num_features}"
+                )
+            self.head.load_state_dict(state["head"])
+            self.norm.load_state_dict(state["norm"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _default_input(batch: Any) -> Any:
+    if isinstance(batch, dict):
+        for key in ("input", "inputs", "x", "image", "pixel_values", "input_ids"):
+            if key in batch:
+                return batch[key]
+        raise KeyError(f"cannot find the scorer model's input in batch fields {list(batch)}; pass model_input=")
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch

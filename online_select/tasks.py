@@ -1,0 +1,194 @@
+"""Tasks bundle what a recipe trains on: data, the large model, its per-sample loss, evaluation and
+reference builders. The ready loop (:mod:`online_select.loop`) only talks to this interface.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+from .data import TensorLoader, load_hub_image_classification, load_idx_folder, symmetric_label_noise
+from .losses import ClassificationLoss
+from .models import mlp_classifier, small_cnn
+from .reference import Reference, ReferenceTable, holdout_reference, twin_halves_reference
+
+__all__ = ["Task", "ImageClassificationTask", "TASK_BUILDERS", "register_task", "build_task"]
+
+
+class Task:
+    """The interface the ready loop uses. Subclasses fill it in for a kind of data."""
+
+    num_classes: int = 0
+    loss: ClassificationLoss
+    noise_key: str | None = "noisy"
+    label_key: str | None = "label"
+
+    def train_loader(self, batch_size: int, seed: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def large_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def scorer_model(self, name: str) -> nn.Module | None:
+        return None
+
+    def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    def label_floor(self) -> float:
+        return 1.0 / self.num_classes if self.num_classes else 0.0
+
+
+class ImageClassificationTask(Task):
+    """Image classification from an MNIST-format IDX folder (or the hub), with symmetric label noise.
+
+    Training ids are positions in the original training split; with ``reference.kind=holdout`` a
+    ``data.holdout_fraction`` of them is held out for the reference model and never trained on.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        data = config.data
+        raw = load_idx_folder(data.path) if data.source == "folder" else load_hub_image_classification(data.hub_name)
+        train_x = torch.from_numpy(raw["train_images"].astype("float32")) / 255.0
+        test_x = torch.from_numpy(raw["test_images"].astype("float32")) / 255.0
+        train_y = torch.from_numpy(raw["train_labels"].astype("int64"))
+        test_y = torch.from_numpy(raw["test_labels"].astype("int64"))
+        if train_x.ndim == 3:
+            train_x, test_x = train_x[:, None], test_x[:, None]
+        elif train_x.ndim == 4 and train_x.shape[-1] in (1, 3):
+            train_x, test_x = train_x.permute(0, 3, 1, 2), test_x.permute(0, 3, 1, 2)
+        if data.max_train_samples:
+            train_x, train_y = train_x[: data.max_train_samples], train_y[: data.max_train_samples]
+        mean, std = train_x.mean(), train_x.std()
+        self.train_x = (train_x - mean) / std
+        self.test_x = ((test_x - mean) / std)[: data.eval_size or None]
+        self.test_y = test_y[: data.eval_size or None]
+        self.num_classes = int(max(train_y.max(), test_y.max()) + 1)
+        self.clean_y = train_y
+        self.train_y, self.is_noisy = symmetric_label_noise(train_y, data.label_noise, self.num_classes, data.noise_seed)
+        n = len(train_y)
+        self.train_ids = torch.arange(n)
+        self.holdout_ids = torch.arange(0)
+        if config.reference.kind == "holdout":
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(data.noise_seed + 1))
+            n_hold = max(1, int(round(data.holdout_fraction * n)))
+            self.holdout_ids = perm[:n_hold].sort().values
+            self.train_ids = perm[n_hold:].sort().values
+        self.loss = ClassificationLoss("input", "label")
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def _fields(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input": self.train_x[ids], "label": self.train_y[ids], "noisy": self.is_noisy[ids]}
+
+    def train_loader(self, batch_size: int, seed: int) -> TensorLoader:
+        return TensorLoader(self._fields(self.train_ids), batch_size, seed, ids=self.train_ids)
+
+    def large_model(self) -> nn.Module:
+        m = self.config.model
+        if m.name != "small_cnn":
+            raise ValueError(f"task {self.config.task!r} builds model.name=small_cnn, not {m.name!r}")
+        c, h, _ = self.image_shape
+        return small_cnn(c, self.num_classes, width=m.width, hidden=m.hidden, image_size=h)
+
+    def _small_mlp(self, hidden: int) -> nn.Module:
+        return mlp_classifier(math.prod(self.image_shape), self.num_classes, hidden)
+
+    def scorer_model(self, name: str) -> nn.Module | None:
+        if name == "none":
+            return None
+        if name == "mlp":
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(self.image_shape), self.config.scorer.hidden), nn.ReLU())
+        raise ValueError(f"unknown scorer.model {name!r}; expected none or mlp")
+
+    def _batches(self, ids: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> Iterable[dict]:
+        order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))] if shuffle else ids
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield {"input": self.train_x[rows], "label": self.train_y[rows], "id": rows}
+
+    def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
+        ref = self.config.reference
+        if ref.kind == "none":
+            return None, {}
+        if ref.kind == "file":
+            return load_reference_file(ref.path), {}
+        if ref.model != "mlp":
+            raise ValueError(f"unknown reference.model {ref.model!r}; expected mlp")
+        torch.manual_seed(seed + 7919)
+        make_model = lambda: self._small_mlp(ref.hidden)  # noqa: E731
+        make_opt = lambda model: torch.optim.AdamW(model.parameters(), lr=ref.lr)  # noqa: E731
+        ids_of = lambda batch: batch["id"]  # noqa: E731
+        num_ids = len(self.train_y)
+        if ref.kind == "twin_halves":
+            halves = [self.train_ids[self.train_ids % 2 == h] for h in (0, 1)]
+            epoch_counter = iter(range(10**9))
+
+            def batches_of_half(half: int, shuffle: bool) -> Iterable[dict]:
+                return self._batches(halves[half], ref.batch_size, shuffle, seed + next(epoch_counter))
+
+            return twin_halves_reference(make_model, make_opt, batches_of_half, self.loss, ids_of, num_ids, ref.epochs)
+        if ref.kind == "holdout":
+            model = make_model()
+            counter = iter(range(10**9))
+            return holdout_reference(
+                model,
+                make_opt(model),
+                lambda: self._batches(self.holdout_ids, ref.batch_size, True, seed + next(counter)),
+                self._batches(self.train_ids, 4096, False, 0),
+                self.loss,
+                ids_of,
+                num_ids,
+                ref.epochs,
+            )
+        raise ValueError(f"unknown reference.kind {ref.kind!r}; expected twin_halves, holdout, file or none")
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        correct, total_loss = 0, 0.0
+        for start in range(0, len(self.test_y), 2000):
+            x = self.test_x[start : start + 2000].to(device)
+            y = self.test_y[start : start + 2000].to(device)
+            logits = model(x).float()
+            correct += int((logits.argmax(1) == y).sum())
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        model.train(was_training)
+        n = len(self.test_y)
+        return {"eval/accuracy": correct / n, "eval/loss": total_loss / n}
+
+
+def load_reference_file(path: str) -> ReferenceTable:
+    """A reference table saved with ``safetensors`` (keys ``losses`` and optional ``features``)."""
+    from safetensors.torch import load_file
+
+    if not path:
+        raise ValueError("reference.kind=file needs reference.path")
+    return ReferenceTable.from_state_dict(load_file(path))
+
+
+TASK_BUILDERS: dict[str, Callable[[Config], Task]] = {"idx_images": ImageClassificationTask}
+
+
+def register_task(name: str, builder: Callable[[Config], Task]) -> None:
+    """Make ``task: name`` usable in recipes."""
+    TASK_BUILDERS[name] = builder
+
+
+def build_task(config: Config) -> Task:
+    if config.task not in TASK_BUILDERS:
+        raise ValueError(f"unknown task {config.task!r}; known tasks: {', '.join(TASK_BUILDERS)}")
+    return TASK_BUILDERS[config.task](config)

@@ -1,0 +1,70 @@
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from online_select import BatchError, batch_size, take
+
+
+def test_tensor_and_tuple_batches():
+    x, y = torch.arange(20).reshape(10, 2), torch.arange(10)
+    idx = torch.tensor([3, 0, 7])
+    assert torch.equal(take(x, idx), x[idx])
+    sx, sy = take((x, y), idx)
+    assert torch.equal(sx, x[idx]) and torch.equal(sy, y[idx])
+    assert isinstance(take([x, y], idx), list)
+    assert batch_size((x, y)) == 10
+
+
+def test_namedtuple_keeps_type():
+    Pair = namedtuple("Pair", "x y")
+    out = take(Pair(torch.zeros(4, 3), torch.arange(4)), torch.tensor([1, 2]))
+    assert isinstance(out, Pair) and out.y.tolist() == [1, 2]
+
+
+def test_dict_with_strings_ids_and_batch_level_values():
+    batch = {
+        "input_ids": torch.arange(12).reshape(4, 3),
+        "text": ["a", "b", "c", "d"],
+        "meta": {"source": np.array([10, 11, 12, 13])},
+        "num_items": 7,
+        "scale": torch.tensor(2.0),
+    }
+    out = take(batch, torch.tensor([2, 0]))
+    assert out["text"] == ["c", "a"]
+    assert out["input_ids"].tolist() == [[6, 7, 8], [0, 1, 2]]
+    assert out["meta"]["source"].tolist() == [12, 10]
+    assert out["num_items"] == 7 and out["scale"].item() == 2.0
+    assert batch_size(batch) == 4
+
+
+def test_batch_encoding_stays_batch_encoding():
+    from transformers import BatchEncoding
+
+    enc = BatchEncoding({"input_ids": torch.ones(5, 4, dtype=torch.long), "attention_mask": torch.ones(5, 4)})
+    out = take(enc, torch.tensor([4, 1]))
+    assert isinstance(out, BatchEncoding)
+    assert out["input_ids"].shape == (2, 4)
+
+
+def test_top_level_list_of_strings_is_per_sample():
+    assert take(["x", "y", "z"], torch.tensor([2])) == ["z"]
+    assert batch_size(["x", "y", "z"]) == 3
+
+
+def test_ragged_batch_names_the_field():
+    with pytest.raises(BatchError, match=r"ragged batch: batch\['labels'\] has 3 samples but batch\['input'\] has 4"):
+        batch_size({"input": torch.zeros(4, 2), "labels": torch.zeros(3)})
+
+
+def test_empty_batch_is_an_error():
+    with pytest.raises(BatchError, match="empty"):
+        batch_size(torch.zeros(0, 3))
+    with pytest.raises(BatchError, match="no per-sample field"):
+        batch_size({"n": 3})
+
+
+def test_unsliceable_type_is_an_error():
+    with pytest.raises(BatchError, match="expected a tensor"):
+        batch_size({"x": object()})

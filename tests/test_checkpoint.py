@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from online_select.checkpoint import CheckpointError, find_latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+
+
+def test_save_load_and_retention(tmp_path):
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, step, {"step": step, "gen": torch.Generator().get_state()}, {"w": torch.ones(2) * step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000020", "step-00000030"]
+    state, model_state, step = load_checkpoint(find_latest_checkpoint(tmp_path))
+    assert step == 30 and state["step"] == 30 and model_state["w"].tolist() == [30.0, 30.0]
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    save_checkpoint(tmp_path, 5, {"a": 1})
+    # a crash mid-save leaves a temporary directory, and a half-written final one lacks meta.json
+    (tmp_path / ".tmp-step-00000010-123").mkdir()
+    (tmp_path / "step-00000010").mkdir()
+    assert find_latest_checkpoint(tmp_path).name == "step-00000005"
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"a": 1})
+    (path / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or unsafe"):
+        load_checkpoint(path)
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    with pytest.raises(CheckpointError, match="not an online_select checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"a": 1})
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, path / "state.pt")
+    with pytest.raises(CheckpointError, match="unsafe"):
+        load_checkpoint(path)

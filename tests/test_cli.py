@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from online_select.cli import main
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+
+
+def _small(folder, out, *extra):
+    return [
+        f"data.path={folder}",
+        f"output_dir={out}",
+        "selection.candidate_batch_size=64",
+        "selection.keep=16",
+        "train.max_steps=30",
+        "train.eval_every=10",
+        "train.checkpoint_every=15",
+        "train.progress=false",
+        "train.threads=1",
+        "reference.epochs=1",
+        "logging.trackers=[]",
+        *extra,
+    ]
+
+
+def test_train_writes_metrics_config_and_checkpoints(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", str(RECIPE), *_small(tiny_idx_folder, out)]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval/accuracy" in line]
+    assert [line["step"] for line in evals] == [0, 10, 20, 30]
+    assert all("wall_s" in line for line in evals)
+    assert evals[-1]["wall_s"] > evals[1]["wall_s"] > 0
+    assert "selection/noisy_share" in evals[-1] and "time/overhead_pct" in evals[-1]
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["selection"]["keep"] == 16 and resolved["data"]["path"] == str(tiny_idx_folder)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000015", "step-00000030"]
+
+
+def test_resume_auto_continues_from_the_newest_checkpoint(tiny_idx_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", str(RECIPE), *_small(tiny_idx_folder, out, "train.max_steps=15")])
+    main(["train", str(RECIPE), *_small(tiny_idx_folder, out, "train.resume=auto")])
+    captured = capsys.readouterr().out
+    assert "resumed from" in captured and "step-00000015 (step 15)" in captured
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
+    assert steps == [0, 10, 15, 20, 30]
+
+
+def test_unknown_override_key_fails_with_its_name(capsys):
+    assert main(["train", str(RECIPE), "selection.polcy=uniform"]) == 2
+    assert "unknown config key 'selection.polcy'" in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    from online_select.data import DataError
+
+    with pytest.raises(DataError, match="lacks the IDX files"):
+        main(["train", str(RECIPE), *_small(tmp_path, tmp_path / "out")])
+
+
+def test_bench_writes_table_and_plot(tiny_idx_folder, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", str(RECIPE), "--policies", "uniform,predicted_learnability", "--seeds", "2", "--out", str(out)]
+    assert main(args + _small(tiny_idx_folder, tmp_path / "runs")) == 0
+    table = (out / "bench.md").read_text()
+    assert "| uniform |" in table and "| predicted_learnability |" in table
+    assert "steps to uniform's best" in table and "noisy share selected" in table
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert (out / "predicted_learnability" / "seed1" / "metrics.jsonl").exists()
+
+
+def test_bench_requires_uniform(tiny_idx_folder, tmp_path):
+    with pytest.raises(ValueError, match="needs the uniform policy"):
+        main(["bench", str(RECIPE), "--policies", "predicted_loss"] + _small(tiny_idx_folder, tmp_path))
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (["online-select", "--help"], [sys.executable, "-m", "online_select", "--help"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "train" in result.stdout and "bench" in result.stdout

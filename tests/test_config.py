@@ -1,0 +1,52 @@
+import pytest
+
+from online_select.config import ConfigError, load_config
+
+
+def test_recipe_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 3\nselection:\n  policy: uniform\n  keep: 0.1\ntrain:\n  max_steps: 10\n")
+    cfg = load_config(recipe, ["selection.policy=reducible_loss", "train.max_steps=20", "data.label_noise=0.5", "logging.trackers=[]"])
+    assert cfg.seed == 3 and cfg.selection.policy == "reducible_loss"
+    assert cfg.train.max_steps == 20 and cfg.data.label_noise == 0.5
+    assert cfg.selection.keep == 0.1 and cfg.logging.trackers == []
+
+
+def test_keep_stays_a_count_when_integral(tmp_path):
+    assert load_config(None, ["selection.keep=64"]).selection.keep == 64
+    assert isinstance(load_config(None, ["selection.keep=64"]).selection.keep, int)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("selection.polcy=uniform", "unknown config key 'selection.polcy'"),
+        ("nonsense=1", "unknown config key 'nonsense'"),
+        ("train.max_steps=abc", "train.max_steps: expected an integer"),
+        ("selection=3", "'selection' is a section"),
+        ("seed", "must look like key.sub=value"),
+        ("seed.x=1", "'seed' is not a section"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.max_stepz'"):
+        load_config(recipe)
+
+
+def test_missing_recipe_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/no/such/recipe.yaml")
+
+
+def test_unsafe_yaml_is_rejected(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(Exception, match="could not determine a constructor"):
+        load_config(recipe)

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from online_select.data import DataError, TensorLoader, load_idx_folder, read_idx, symmetric_label_noise
+
+from .conftest import write_idx
+
+
+def test_idx_round_trip(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.gz", "b"):
+        write_idx(tmp_path / name, arr)
+        assert np.array_equal(read_idx(tmp_path / name), arr)
+
+
+def test_malformed_idx(tmp_path):
+    (tmp_path / "x").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "x")
+    write_idx(tmp_path / "y", np.zeros((2, 2), dtype=np.uint8))
+    (tmp_path / "y").write_bytes((tmp_path / "y").read_bytes()[:-1])
+    with pytest.raises(DataError, match="header says"):
+        read_idx(tmp_path / "y")
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_idx_folder(tmp_path / "missing")
+    with pytest.raises(DataError, match="lacks the IDX files: train-images-idx3-ubyte"):
+        load_idx_folder(tmp_path)
+
+
+def test_folder_loads(tiny_idx_folder):
+    data = load_idx_folder(tiny_idx_folder)
+    assert data["train_images"].shape == (1200, 28, 28) and data["test_labels"].shape == (400,)
+
+
+def test_symmetric_noise_rate_and_flips_change_the_label():
+    labels = torch.randint(0, 10, (20000,))
+    noisy, flags = symmetric_label_noise(labels, 0.3, 10, seed=1)
+    assert abs(flags.float().mean().item() - 0.3) < 0.02
+    assert bool((noisy[flags] != labels[flags]).all()) and bool((noisy[~flags] == labels[~flags]).all())
+    again, _ = symmetric_label_noise(labels, 0.3, 10, seed=1)
+    assert torch.equal(noisy, again)
+
+
+def test_tensor_loader_is_resumable():
+    fields = {"x": torch.arange(50)}
+    a = TensorLoader(fields, 8, seed=0)
+    for _ in range(9):
+        next(a)
+    b = TensorLoader(fields, 8, seed=0)
+    b.load_state_dict(a.state_dict())
+    for _ in range(10):
+        assert torch.equal(next(a)["x"], next(b)["x"])
+
+
+def test_tensor_loader_epochs_cover_everything_once():
+    loader = TensorLoader({"x": torch.arange(40)}, 10, seed=0)
+    seen = torch.cat([next(loader)["id"] for _ in range(4)])
+    assert sorted(seen.tolist()) == list(range(40))

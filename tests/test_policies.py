@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from online_select import POLICIES, Signals, get_policy, learnability
+
+
+def _signals(b=6):
+    g = torch.Generator().manual_seed(0)
+    return Signals(
+        batch_size=b,
+        large_loss=torch.rand(b, generator=g) * 3,
+        reference_loss=torch.rand(b, generator=g) * 3,
+        predicted_loss=torch.rand(b, generator=g) * 3,
+        proxy_loss=torch.rand(b, generator=g) * 3,
+        generator=g,
+    )
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_policy_scores_every_candidate(name):
+    scores = get_policy(name).score(_signals(), label_floor=0.1)
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+
+
+def test_policies_declare_what_they_need():
+    assert not get_policy("predicted_learnability").needs_large_forward
+    assert not get_policy("predicted_loss").needs_large_forward
+    assert get_policy("reducible_loss").needs_large_forward and get_policy("reducible_loss").needs_reference
+    assert get_policy("large_loss").needs_large_forward
+    assert get_policy("proxy_loss").needs_proxy
+    assert get_policy("uniform").needs == ()
+
+
+def test_reducible_loss_is_rho_loss():
+    s = _signals()
+    assert torch.allclose(get_policy("reducible_loss").score(s), s.large_loss - s.reference_loss)
+
+
+def test_learnability_ranks_unlearnt_clean_over_learnt_clean_over_mislabelled():
+    # p = exp(-loss). clean & unlearnt: reference confident, large model not;
+    # clean & learnt: both confident; mislabelled: reference gives the label ~chance or less.
+    large = -torch.log(torch.tensor([0.2, 0.98, 0.01]))
+    ref = -torch.log(torch.tensor([0.8, 0.8, 0.03]))
+    scores = learnability(large, ref, label_floor=0.1)
+    assert scores[0] > scores[1] > scores[2]
+    assert scores[2] < 0
+
+
+def test_raw_reducible_loss_prefers_mislabelled_once_the_large_model_is_confident():
+    # The failure mode learnability avoids (PRIOR_ART lesson 7).
+    large = -torch.log(torch.tensor([0.2, 0.98, 0.001]))
+    ref = -torch.log(torch.tensor([0.8, 0.8, 0.03]))
+    rho = large - ref
+    assert rho.argmax() == 2
+
+
+def test_unknown_policy_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown policy 'best'; known policies: uniform"):
+        get_policy("best")
+
+
+def test_missing_signal_is_a_clear_error():
+    with pytest.raises(ValueError, match="signal 'large_loss' was not computed"):
+        get_policy("large_loss").score(Signals(batch_size=3))

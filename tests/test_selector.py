@@ -1,0 +1,167 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from online_select import (
+    ClassificationLoss,
+    LossShapeError,
+    NonFiniteLossError,
+    OnlineSelector,
+    ProxyModel,
+    ReferenceCoverageError,
+    ReferenceModel,
+    ReferenceTable,
+    Scorer,
+)
+
+
+def _batch(b=32, start=0, g=None):
+    g = g or torch.Generator().manual_seed(start)
+    return {
+        "input": torch.randn(b, 5, generator=g),
+        "label": torch.randint(0, 3, (b,), generator=g),
+        "id": torch.arange(start, start + b),
+        "text": [f"sample {i}" for i in range(start, start + b)],
+    }
+
+
+def _selector(policy="predicted_learnability", **kwargs):
+    table = ReferenceTable(torch.rand(1000) * 2)
+    return OnlineSelector(policy, keep=0.25, scorer=Scorer(), reference=table, label_floor=1 / 3, **kwargs)
+
+
+def test_three_line_loop_selects_exactly_k_and_trains():
+    model = torch.nn.Linear(5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    selector = _selector()
+    for step in range(5):
+        selected = selector.select(_batch(start=32 * step))
+        assert selected.k == 8 and len(selected.batch["text"]) == 8
+        assert selected.batch["text"][0] == f"sample {int(selected.batch['id'][0])}"
+        losses = F.cross_entropy(model(selected.batch["input"]), selected.batch["label"], reduction="none")
+        loss = selector.observe(selected, losses)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert selector.step == 5 and selector.scorer.updates == 5
+    assert len(selector.scorer.memory) == 40
+    stats = selector.stats()
+    assert "selection/spearman_explore" in stats and stats["selection/samples_seen"] == 160
+
+
+def test_missing_components_are_named_up_front():
+    with pytest.raises(ValueError, match=r"needs scorer=Scorer\(...\), reference="):
+        OnlineSelector("predicted_learnability")
+    with pytest.raises(ValueError, match="large_loss_fn"):
+        OnlineSelector("reducible_loss", reference=ReferenceTable(torch.zeros(3)))
+    with pytest.raises(ValueError, match="unknown policy"):
+        OnlineSelector("nope")
+    with pytest.raises(ValueError, match="keep ratio must be in"):
+        OnlineSelector("uniform", keep=2.0)
+
+
+def test_ids_are_required_when_memory_or_table_need_them():
+    selector = _selector()
+    batch = _batch()
+    del batch["id"]
+    with pytest.raises(ValueError, match="needs sample ids"):
+        selector.select(batch)
+    assert selector.select(batch, ids=torch.arange(32)).k == 8
+
+
+def test_k_larger_than_batch():
+    selector = OnlineSelector("uniform", keep=40)
+    with pytest.raises(ValueError, match="cannot keep k=40 samples from a candidate batch of B=32"):
+        selector.select(_batch())
+
+
+def test_scalar_loss_is_rejected_with_the_fix():
+    selector = OnlineSelector("uniform", keep=4)
+    selected = selector.select(_batch())
+    with pytest.raises(LossShapeError, match="reduction='none'"):
+        selector.observe(selected, torch.tensor(1.0))
+    with pytest.raises(LossShapeError, match="has 3 values but 4 samples"):
+        selector.observe(selected, torch.ones(3))
+    with pytest.raises(LossShapeError, match=r"shape \(4, 7\)"):
+        selector.observe(selected, torch.ones(4, 7))
+
+
+def test_nan_losses_raise_or_are_skipped_and_counted():
+    selector = OnlineSelector("uniform", keep=4)
+    selected = selector.select(_batch())
+    bad = torch.tensor([1.0, float("nan"), 2.0, 3.0], requires_grad=True)
+    with pytest.raises(NonFiniteLossError, match="1 of 4 per-sample losses are NaN"):
+        selector.observe(selected, bad)
+    skipping = OnlineSelector("predicted_loss", keep=4, scorer=Scorer(), on_nonfinite="skip")
+    selected = skipping.select(_batch())
+    loss = skipping.observe(selected, bad)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert torch.isfinite(bad.grad).all() and bad.grad[1] == 0
+    assert skipping.stats()["selection/nonfinite_losses"] == 1
+
+
+def test_reference_table_coverage_error_names_ids():
+    selector = OnlineSelector("predicted_learnability", keep=4, scorer=Scorer(), reference=ReferenceTable(torch.zeros(10)))
+    with pytest.raises(ReferenceCoverageError, match=r"no loss for 22 candidate sample id\(s\), e.g. \[10, 11"):
+        selector.select(_batch())
+
+
+def test_reducible_loss_runs_the_large_model_only_when_declared():
+    model = torch.nn.Linear(5, 3)
+    calls = []
+
+    def large_loss_fn(batch):
+        calls.append(len(batch["id"]))
+        return F.cross_entropy(model(batch["input"]), batch["label"], reduction="none")
+
+    ref = ReferenceModel(torch.nn.Linear(5, 3), ClassificationLoss("input", "label"))
+    rho = OnlineSelector("reducible_loss", keep=4, reference=ref, large_loss_fn=large_loss_fn, explore=0.0)
+    selected = rho.select(_batch())
+    expected = large_loss_fn(_batch()) - ref.losses(_batch(), None)
+    assert set(selected.indices.tolist()) == set(expected.topk(4).indices.tolist())
+    calls.clear()
+    predicted = OnlineSelector("predicted_loss", keep=4, scorer=Scorer(), large_loss_fn=large_loss_fn)
+    predicted.select(_batch())
+    assert calls == []
+
+
+def test_proxy_policy_trains_its_proxy():
+    proxy = ProxyModel(torch.nn.Linear(5, 3), ClassificationLoss("input", "label"))
+    selector = OnlineSelector("proxy_loss", keep=4, proxy=proxy)
+    before = proxy.model.weight.clone()
+    selected = selector.select(_batch())
+    selector.observe(selected, torch.rand(4))
+    assert not torch.equal(before, proxy.model.weight)
+
+
+def test_warmup_selects_uniformly_and_still_trains_the_scorer():
+    selector = _selector(warmup_steps=2)
+    selected = selector.select(_batch())
+    assert bool(selected.explored.all())
+    selector.observe(selected, torch.rand(8))
+    assert selector.scorer.updates == 1
+
+
+def test_state_dict_round_trip_repeats_the_same_selections():
+    a = _selector(rule="sample", temperature=0.5)
+    g = torch.Generator().manual_seed(3)
+    for step in range(4):
+        sel = a.select(_batch(start=32 * step))
+        a.observe(sel, torch.rand(sel.k, generator=g))
+    b = _selector(rule="sample", temperature=0.5)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for step in range(4, 8):
+        batch = _batch(start=32 * step)
+        sa, sb = a.select(batch), b.select(batch)
+        assert torch.equal(sa.indices, sb.indices) and torch.equal(sa.weights, sb.weights)
+        losses = torch.rand(sa.k, generator=g)
+        a.observe(sa, losses)
+        b.observe(sb, losses)
+
+
+def test_loading_state_of_another_policy_is_an_error():
+    with pytest.raises(ValueError, match="is for policy 'uniform'"):
+        _selector().load_state_dict(OnlineSelector("uniform").state_dict())
