@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Signals", "Policy", "POLICIES", "get_policy", "learnability"]
+__all__ = ["Signals", "Policy", "POLICIES", "get_policy", "learnability", "plausible_labels"]
 
 LARGE_LOSS = "large_loss"
 REFERENCE_LOSS = "reference_loss"
@@ -45,6 +45,11 @@ class Signals:
         return value
 
 
+def plausible_labels(reference_loss: torch.Tensor, label_floor: float) -> torch.Tensor:
+    """Candidates whose label the reference finds at least ``label_floor`` likely (``p_ref >= floor``)."""
+    return torch.exp(-reference_loss.clamp_min(0.0)) >= label_floor
+
+
 def learnability(large_loss: torch.Tensor, reference_loss: torch.Tensor, label_floor: float) -> torch.Tensor:
     """Bounded learnability: ``(1 - p_large) * (p_ref - label_floor)`` with ``p = exp(-loss)``.
 
@@ -68,6 +73,7 @@ class Policy:
     needs: tuple[str, ...]
     score_fn: Callable[[Signals, dict], torch.Tensor]
     description: str
+    eligible_fn: Callable[[Signals, dict], torch.Tensor | None] | None = None
 
     @property
     def needs_large_forward(self) -> bool:
@@ -86,6 +92,10 @@ class Policy:
     def needs_proxy(self) -> bool:
         return PROXY_LOSS in self.needs
 
+    def eligible(self, signals: Signals, **options) -> torch.Tensor | None:
+        """Mask of candidates the policy is willing to train on (``None``: all of them)."""
+        return None if self.eligible_fn is None else self.eligible_fn(signals, options)
+
     def score(self, signals: Signals, **options) -> torch.Tensor:
         scores = self.score_fn(signals, options)
         if scores.shape != (signals.batch_size,):
@@ -98,6 +108,11 @@ class Policy:
 
 def _uniform(s: Signals, _: dict) -> torch.Tensor:
     return torch.rand(s.batch_size, generator=s.generator)
+
+
+def _plausible(s: Signals, options: dict) -> torch.Tensor | None:
+    floor = options.get("label_floor", 0.0)
+    return plausible_labels(s.get(REFERENCE_LOSS), floor) if floor > 0 else None
 
 
 POLICIES: dict[str, Policy] = {
@@ -121,6 +136,7 @@ POLICIES: dict[str, Policy] = {
             (LARGE_LOSS, REFERENCE_LOSS),
             lambda s, o: learnability(s.get(LARGE_LOSS), s.get(REFERENCE_LOSS), o.get("label_floor", 0.0)),
             "bounded learnability from the large model's exact loss (oracle of predicted_learnability)",
+            _plausible,
         ),
         Policy(
             "predicted_loss",
@@ -133,6 +149,7 @@ POLICIES: dict[str, Policy] = {
             (PREDICTED_LOSS, REFERENCE_LOSS),
             lambda s, o: learnability(s.get(PREDICTED_LOSS), s.get(REFERENCE_LOSS), o.get("label_floor", 0.0)),
             "bounded learnability from the scorer's predicted loss and the reference loss",
+            _plausible,
         ),
         Policy(
             "proxy_loss",

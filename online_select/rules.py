@@ -30,6 +30,7 @@ class Selection:
     weights: torch.Tensor
     explored: torch.Tensor
     batch_size: int
+    num_eligible: int = -1
 
     @property
     def k(self) -> int:
@@ -66,6 +67,7 @@ def select(
     explore: float = 0.0,
     importance_weights: bool = False,
     generator: torch.Generator | None = None,
+    eligible: torch.Tensor | None = None,
 ) -> Selection:
     """Pick ``k`` of ``len(scores)`` candidates; higher scores are preferred.
 
@@ -74,8 +76,12 @@ def select(
       ``exp(score / temperature)``; with ``importance_weights=True`` the returned weights make the
       weighted mean loss an exactly unbiased estimate of the mean over all candidates (Duffield,
       Lund & Thorup's priority-sampling estimator).
-    - ``explore``: a fraction of k drawn uniformly at random from all candidates *before* the rule
-      picks the rest, so a scorer trained on them sees unbiased targets.
+    - ``explore``: a fraction of k drawn uniformly at random *before* the rule picks the rest, so a
+      scorer trained on them sees unbiased targets.
+    - ``eligible``: an optional mask of the candidates the policy is willing to train on (e.g. labels
+      the reference finds plausible). Exploration and the rule draw from eligible candidates; only if
+      fewer than k are eligible are the highest-scoring others added. Importance weights are then
+      unbiased for the mean loss over the eligible candidates.
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D (one per candidate), got shape {tuple(scores.shape)}")
@@ -96,31 +102,44 @@ def select(
     if not torch.isfinite(scores).all():
         bad = int((~torch.isfinite(scores)).sum())
         raise ValueError(f"{bad} of {batch_size} candidate scores are NaN or infinite")
+    if eligible is None:
+        eligible = torch.ones(batch_size, dtype=torch.bool)
+    elif eligible.shape != (batch_size,) or eligible.dtype != torch.bool:
+        raise ValueError(f"eligible must be a bool mask of shape ({batch_size},), got {eligible.dtype} {tuple(eligible.shape)}")
+    eligible = eligible.cpu()
 
     n_explore = min(k, round(explore * k))
     order = torch.randperm(batch_size, generator=generator)
+    # Eligible candidates first (in random order), then the others: exploration draws from the front.
+    order = torch.cat([order[eligible[order]], order[~eligible[order]]])
+    num_eligible = int(eligible.sum())
     explored_idx = order[:n_explore]
-    rest = order[n_explore:]
+    pool = order[n_explore:num_eligible] if n_explore < num_eligible else order[:0]
     n_rule = k - n_explore
     weights_rest = torch.ones(n_rule)
     if n_rule == 0:
-        picked = rest[:0]
+        picked = pool[:0]
+    elif pool.numel() < n_rule:
+        # Too few eligible candidates: take them all and fill up with the best-scoring others.
+        others = order[max(n_explore, num_eligible) :].sort().values
+        fill = others[torch.topk(scores[others], n_rule - pool.numel(), sorted=True).indices]
+        picked = torch.cat([pool, fill])
     elif rule == "top_k":
-        # Sort the remaining candidates by position first so ties break deterministically.
-        rest = rest.sort().values
-        picked = rest[torch.topk(scores[rest], n_rule, sorted=True).indices]
+        # Sort the pool by position first so ties break deterministically.
+        pool = pool.sort().values
+        picked = pool[torch.topk(scores[pool], n_rule, sorted=True).indices]
     else:
-        picked, weights_rest = _priority_sample(scores[rest] / temperature, n_rule, generator)
-        picked = rest[picked]
+        picked, weights_rest = _priority_sample(scores[pool] / temperature, n_rule, generator)
+        picked = pool[picked]
     indices = torch.cat([picked, explored_idx])
     explored = torch.cat([torch.zeros(n_rule, dtype=torch.bool), torch.ones(n_explore, dtype=torch.bool)])
     if importance_weights:
         # Each explored pick stands for itself; each sampled pick for max(1, tau / w_i) candidates.
         units = torch.cat([weights_rest, torch.ones(n_explore)])
-        weights = units * (k / batch_size)
+        weights = units * (k / max(num_eligible, k))
     else:
         weights = torch.ones(k)
-    return Selection(indices=indices, weights=weights, explored=explored, batch_size=batch_size)
+    return Selection(indices=indices, weights=weights, explored=explored, batch_size=batch_size, num_eligible=num_eligible)
 
 
 def _priority_sample(

@@ -60,6 +60,7 @@ class SelectedBatch:
     features: torch.Tensor | None = field(default=None, repr=False)
     predicted_loss: torch.Tensor | None = field(default=None, repr=False)
     reference_loss: torch.Tensor | None = field(default=None, repr=False)
+    eligible: torch.Tensor | None = field(default=None, repr=False)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -233,9 +234,10 @@ class OnlineSelector:
         if self.proxy is not None and not warming_up:
             signals.proxy_loss = self.proxy.losses(candidate_batch)
 
+        eligible = self.policy.eligible(signals, label_floor=self.label_floor)
         if warming_up:
             scores = torch.rand(n, generator=self.generator)
-            selection = select(scores, k, rule="top_k", explore=1.0, generator=self.generator)
+            selection = select(scores, k, rule="top_k", explore=1.0, generator=self.generator, eligible=eligible)
         else:
             scores = self.policy.score(signals, label_floor=self.label_floor).float()
             bad = ~torch.isfinite(scores)
@@ -252,8 +254,11 @@ class OnlineSelector:
                 explore=self.explore,
                 importance_weights=self.importance_weights,
                 generator=self.generator,
+                eligible=eligible,
             )
-        return self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
+        selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
+        selected.eligible = eligible
+        return selected
 
     def _package(
         self,
@@ -326,6 +331,7 @@ class OnlineSelector:
             "explored_observed": observed[explored],
             "selected_score": selected.scores[selected.indices].mean().item(),
             "candidate_score": selected.scores.mean().item(),
+            "eligible_share": 1.0 if selected.eligible is None else selected.eligible.float().mean().item(),
         }
         if selected.predicted_loss is not None:
             entry["explored_predicted"] = selected.predicted_loss[selected.indices[explored]]
@@ -342,6 +348,7 @@ class OnlineSelector:
             "selection/update_ms": 1000 * sum(e["update_s"] for e in self._window) / len(self._window),
             "selection/selected_score": sum(e["selected_score"] for e in self._window) / len(self._window),
             "selection/candidate_score": sum(e["candidate_score"] for e in self._window) / len(self._window),
+            "selection/eligible_share": sum(e["eligible_share"] for e in self._window) / len(self._window),
             "selection/nonfinite_losses": float(self.nonfinite_losses),
         }
         pairs = [(e["explored_predicted"], e["explored_observed"]) for e in self._window if e["explored_predicted"] is not None]

@@ -62,3 +62,12 @@ def test_unknown_policy_lists_known_ones():
 def test_missing_signal_is_a_clear_error():
     with pytest.raises(ValueError, match="signal 'large_loss' was not computed"):
         get_policy("large_loss").score(Signals(batch_size=3))
+
+
+def test_learnability_policies_exclude_implausible_labels():
+    s = _signals()
+    s.reference_loss = -torch.log(torch.tensor([0.9, 0.05, 0.5, 0.01, 0.2, 0.11]))
+    mask = get_policy("predicted_learnability").eligible(s, label_floor=0.1)
+    assert mask.tolist() == [True, False, True, False, True, True]
+    assert get_policy("predicted_learnability").eligible(s, label_floor=0.0) is None
+    assert get_policy("reducible_loss").eligible(s, label_floor=0.1) is None

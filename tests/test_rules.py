@@ -102,3 +102,22 @@ def test_resolve_keep():
         resolve_keep(0, 10)
     with pytest.raises(ValueError, match="empty"):
         resolve_keep(3, 0)
+
+
+def test_eligibility_restricts_exploration_and_rule():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.arange(20.0)
+    eligible = torch.zeros(20, dtype=torch.bool)
+    eligible[:10] = True  # the ten lowest scores are the only eligible ones
+    for rule in ("top_k", "sample"):
+        sel = select(scores, 6, rule=rule, explore=0.5, eligible=eligible, generator=g)
+        assert bool(eligible[sel.indices].all()) and sel.num_eligible == 10
+    top = select(scores, 4, eligible=eligible)
+    assert sorted(top.indices.tolist()) == [6, 7, 8, 9]
+
+
+def test_too_few_eligible_are_topped_up_by_score():
+    eligible = torch.zeros(10, dtype=torch.bool)
+    eligible[[0, 1]] = True
+    sel = select(torch.arange(10.0), 4, eligible=eligible, explore=0.25)
+    assert sorted(sel.indices.tolist()) == [0, 1, 8, 9]
