@@ -66,16 +66,9 @@ class LossMemory:
     def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(last_loss, last_step, count)`` for ``ids``; unseen ids give NaN, 0, 0."""
         ids = check_ids(ids, ids.numel())
-        n = ids.numel()
-        loss = torch.full((n,), float("nan"))
-        step = torch.zeros(n, dtype=torch.long)
-        count = torch.zeros(n, dtype=torch.long)
-        known = ids < self.last_loss.numel()
-        known_ids = ids[known]
-        loss[known] = self.last_loss[known_ids]
-        step[known] = self.last_step[known_ids]
-        count[known] = self.count[known_ids]
-        return loss, step, count
+        if ids.numel():
+            self._grow(int(ids.max()))
+        return self.last_loss[ids], self.last_step[ids], self.count[ids]
 
     def mean_loss(self) -> float:
         """Mean of the recorded losses (NaN when nothing was recorded)."""

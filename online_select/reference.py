@@ -76,19 +76,25 @@ class ReferenceTable(Reference):
                 raise ValueError(
                     f"features must be [num_ids, F] with num_ids={losses.numel()}, got {tuple(features.shape)}"
                 )
+        self._set(losses, features)
+
+    def _set(self, losses: torch.Tensor, features: torch.Tensor | None) -> None:
         self.table = losses
         self.extra = features
+        self.covered = torch.isfinite(losses)
 
     def __len__(self) -> int:
-        return int(torch.isfinite(self.table).sum())
+        return int(self.covered.sum())
 
     def _check(self, ids: torch.Tensor | None, n: int) -> torch.Tensor:
         if ids is None:
             raise ValueError("a ReferenceTable looks losses up by sample id: pass ids with each candidate batch")
         ids = check_ids(ids, n)
+        if n and int(ids.max()) < self.table.numel() and bool(self.covered[ids].all()):
+            return ids
         outside = ids >= self.table.numel()
         missing = outside.clone()
-        missing[~outside] = ~torch.isfinite(self.table[ids[~outside]])
+        missing[~outside] = ~self.covered[ids[~outside]]
         if bool(missing.any()):
             bad = ids[missing][:5].tolist()
             raise ReferenceCoverageError(
@@ -115,8 +121,7 @@ class ReferenceTable(Reference):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.table = state["losses"].clone().float()
-        self.extra = state["features"].clone().float() if "features" in state else None
+        self._set(state["losses"].clone().float(), state["features"].clone().float() if "features" in state else None)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> ReferenceTable:
