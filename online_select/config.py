@@ -96,9 +96,9 @@ class SelectionConfig:
     policy: str = "predicted_learnability"
     candidate_batch_size: int = 640
     keep: float = 64  # an int count k, or a float ratio of the candidate batch in (0, 1]
-    rule: str = "top_k"
+    rule: str = "sample"
     explore: float = 0.125
-    temperature: float = 1.0
+    temperature: float = 0.1
     importance_weights: bool = False
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import random
+import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +267,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         line.update(tally.summary())
         line.update(selector.stats())
         line.update({k: v for k, v in reference_report.items()})
+        line["sys/peak_rss_mb"] = _peak_rss_mb()
         write(line)
         tally.reset()
         clock.resume()
@@ -331,6 +334,12 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         progress.close()
     accelerator.end_training()
     return last_eval
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

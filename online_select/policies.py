@@ -152,6 +152,13 @@ POLICIES: dict[str, Policy] = {
             _plausible,
         ),
         Policy(
+            "reference_filter",
+            (REFERENCE_LOSS,),
+            _uniform,
+            "uniform over the candidates whose label the reference finds plausible (p_ref >= label_floor)",
+            _plausible,
+        ),
+        Policy(
             "proxy_loss",
             (PROXY_LOSS,),
             lambda s, o: s.get(PROXY_LOSS),

@@ -116,9 +116,11 @@ class OnlineSelector:
         large_loss_fn: ``candidate_batch -> per-sample losses`` of the large model (needed only by
             policies that score with the large model itself, e.g. ``reducible_loss``).
         proxy: a :class:`ProxyModel` for the ``proxy_loss`` policy.
-        rule: ``"top_k"`` or ``"sample"`` (see :func:`online_select.rules.select`).
+        rule: ``"sample"`` (default) or ``"top_k"`` (see :func:`online_select.rules.select`). Hard top-k
+            drifts onto the few mislabelled samples that pass the reference's check once most clean
+            ones are learnt; sampling with a temperature does not (see README, Results).
         explore: fraction of k picked uniformly at random (unbiased targets for the scorer).
-        temperature: for ``rule="sample"``.
+        temperature: for ``rule="sample"``: intensity ``exp(score / temperature)``.
         importance_weights: unbiased loss weights (``rule="sample"`` only).
         label_floor: the learnability floor (``1/num_classes`` is a good value for classifiers).
         warmup_steps: steps of uniform selection first (the scorer still learns during them).
@@ -137,9 +139,9 @@ class OnlineSelector:
         reference: Reference | None = None,
         large_loss_fn: Callable[[Any], torch.Tensor] | None = None,
         proxy: ProxyModel | None = None,
-        rule: str = "top_k",
+        rule: str = "sample",
         explore: float = 0.125,
-        temperature: float = 1.0,
+        temperature: float = 0.1,
         importance_weights: bool = False,
         label_floor: float = 0.0,
         warmup_steps: int = 0,
