@@ -27,6 +27,7 @@ import yaml
 
 from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict
+from .reference import ReferenceTable
 from .scorer import Scorer
 from .selector import OnlineSelector
 from .tasks import Task, build_task
@@ -220,6 +221,9 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     build_start = time.perf_counter()
     selector, reference_report = build_selector(config, task, large_loss_fn)
     build_s = time.perf_counter() - build_start
+    if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
+        # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
+        selector.reference.save(out_dir / "reference.safetensors")
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
     loader = task.train_loader(k if uniform else sel_cfg.candidate_batch_size, config.seed)
 

@@ -7,8 +7,10 @@ so no data is held back and no sample is scored by a model that saw it).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -126,6 +128,29 @@ class ReferenceTable(Reference):
     @classmethod
     def from_state_dict(cls, state: dict) -> ReferenceTable:
         return cls(state["losses"], state.get("features"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the table with safetensors (atomically: a temporary file renamed into place)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.state_dict(), str(tmp))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceTable:
+        """Read a table written by :meth:`save`; a file without ``losses`` is a clear error."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise ValueError(f"cannot read a reference table from {str(path)!r}: {exc}") from None
+        if "losses" not in state:
+            raise ValueError(f"{str(path)!r} has no 'losses' tensor; it is not a reference table")
+        return cls.from_state_dict(state)
 
 
 class ReferenceModel(Reference):

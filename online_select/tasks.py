@@ -173,11 +173,9 @@ class ImageClassificationTask(Task):
 
 def load_reference_file(path: str) -> ReferenceTable:
     """A reference table saved with ``safetensors`` (keys ``losses`` and optional ``features``)."""
-    from safetensors.torch import load_file
-
     if not path:
         raise ValueError("reference.kind=file needs reference.path")
-    return ReferenceTable.from_state_dict(load_file(path))
+    return ReferenceTable.load(path)
 
 
 TASK_BUILDERS: dict[str, Callable[[Config], Task]] = {"idx_images": ImageClassificationTask}

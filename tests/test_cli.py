@@ -42,6 +42,23 @@ def test_train_writes_metrics_config_and_checkpoints(tiny_idx_folder, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000015", "step-00000030"]
 
 
+def test_reference_table_is_saved_and_reusable(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    main(["train", str(RECIPE), *_small(tiny_idx_folder, out, "train.max_steps=5", "train.eval_every=5")])
+    saved = out / "reference.safetensors"
+    assert saved.exists()
+    again = tmp_path / "again"
+    args = _small(tiny_idx_folder, again, "train.max_steps=5", "train.eval_every=5", "reference.kind=file", f"reference.path={saved}")
+    assert main(["train", str(RECIPE), *args]) == 0
+    assert not (again / "reference.safetensors").exists()
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "reference_seconds" in first
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match="cannot read a reference table"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.kind=file", f"reference.path={bad}")])
+
+
 def test_resume_auto_continues_from_the_newest_checkpoint(tiny_idx_folder, tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", str(RECIPE), *_small(tiny_idx_folder, out, "train.max_steps=15")])
