@@ -2,7 +2,8 @@
 
 For every seed, uniform's best eval accuracy on that seed is the target; each policy's steps and
 training seconds to first reach it are compared with uniform's own. Results are reported as
-mean ± standard deviation over seeds.
+mean ± standard deviation over seeds. With ``smooth=n`` every curve is first replaced by its trailing
+rolling mean over n evals, so one lucky evaluation does not set (or meet) the target.
 """
 
 from __future__ import annotations
@@ -57,7 +58,21 @@ def _mean_of(curve: list[dict], key: str, skip_first: bool = True) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarise_run(policy: str, seed: int, curve: list[dict[str, Any]]) -> RunSummary:
+def smooth_curve(curve: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:
+    """Replace the metric by its trailing rolling mean over ``window`` evals (the first eval, at
+    step 0, is left out of the windows of later evals)."""
+    if window <= 1:
+        return curve
+    out = []
+    for i, line in enumerate(curve):
+        start = max(1 if i else 0, i - window + 1)
+        values = [curve[j][METRIC] for j in range(start, i + 1)]
+        out.append({**line, METRIC: sum(values) / len(values)})
+    return out
+
+
+def summarise_run(policy: str, seed: int, curve: list[dict[str, Any]], smooth: int = 1) -> RunSummary:
+    curve = smooth_curve(curve, smooth)
     best_line = max(curve, key=lambda line: line[METRIC])
     summary = RunSummary(policy=policy, seed=seed, curve=curve, best=best_line[METRIC], best_step=best_line["step"])
     summary.final = curve[-1][METRIC]
@@ -153,7 +168,9 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
     plt.close(fig)
 
 
-def _run_one(config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any]) -> RunSummary:
+def _run_one(
+    config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any], smooth: int = 1
+) -> RunSummary:
     from .loop import train
 
     cfg = copy.deepcopy(config)
@@ -165,7 +182,7 @@ def _run_one(config: Config, policy: str, seed: int, out: Path, overrides: dict[
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
     train(cfg)
-    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl"))
+    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl"), smooth)
 
 
 def run_bench(
@@ -174,6 +191,7 @@ def run_bench(
     seeds: int = 1,
     out_dir: str | Path | None = None,
     sweep_ratios: list[int] | None = None,
+    smooth: int = 1,
 ) -> dict[str, list[RunSummary]]:
     """Run every policy for every seed (in that order, seeds outermost), then write the reports."""
     if "uniform" not in policies:
@@ -186,16 +204,17 @@ def run_bench(
     for seed in range(seeds):
         for policy in policies:
             print(f"bench: {policy} seed {seed}", flush=True)
-            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}))
+            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, smooth))
     table = bench_table(runs)
     k = config.selection.keep
     heading = (
         f"Recipe task={config.task}, label_noise={config.data.label_noise}, B={config.selection.candidate_batch_size}, "
-        f"k={k}, max_steps={config.train.max_steps}, seeds={seeds}\n\n"
+        f"k={k}, max_steps={config.train.max_steps}, schedule={config.train.schedule}, seeds={seeds}, "
+        f"accuracy smoothed over {smooth} eval(s)\n\n"
     )
     report = heading + table
     if sweep_ratios:
-        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out)
+        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, smooth)
     (out / "bench.md").write_text(report)
     (out / "bench.json").write_text(
         json.dumps({p: [r.__dict__ for r in rs] for p, rs in runs.items()}, default=str, indent=1)
@@ -213,6 +232,7 @@ def _sweep(
     ratios: list[int],
     runs: dict[str, list[RunSummary]],
     out: Path,
+    smooth: int,
 ) -> str:
     """B/k sweep of each non-uniform policy: k fixed, candidate batch B = ratio * k."""
     from .loop import resolve_keep_count
@@ -229,8 +249,14 @@ def _sweep(
             summaries = []
             for seed in range(seeds):
                 summaries.append(
-                    _run_one(config, policy, seed, out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
-                             {"candidate_batch_size": ratio * k, "keep": k})
+                    _run_one(
+                        config,
+                        policy,
+                        seed,
+                        out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
+                        {"candidate_batch_size": ratio * k, "keep": k},
+                        smooth,
+                    )
                 )
             steps = [r.first_reaching(uniform[r.seed].best)[0] for r in summaries]
             secs = [r.first_reaching(uniform[r.seed].best)[1] for r in summaries]

@@ -32,6 +32,7 @@ def _bench(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out_dir=args.out,
         sweep_ratios=[int(r) for r in args.sweep.split(",")] if args.sweep else None,
+        smooth=args.smooth,
     )
     return 0
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="output folder (default: <output_dir>/bench)")
     bench.add_argument(
         "--sweep", default="", help="comma-separated B/k ratios (e.g. 2,5,10,20): also run a keep-ratio sweep"
+    )
+    bench.add_argument(
+        "--smooth", type=int, default=3, help="compare rolling means over this many evals (1: raw evals)"
     )
     bench.set_defaults(func=_bench)
     return parser

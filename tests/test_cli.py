@@ -101,3 +101,11 @@ def test_console_script_and_module_entry_points():
     for cmd in (["online-select", "--help"], [sys.executable, "-m", "online_select", "--help"]):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "train" in result.stdout and "bench" in result.stdout
+
+
+def test_smoothing_uses_trailing_means_and_skips_step_zero():
+    from online_select.bench import smooth_curve
+
+    curve = [{"step": s, "eval/accuracy": a} for s, a in [(0, 0.1), (10, 0.6), (20, 0.9), (30, 0.6)]]
+    smoothed = [line["eval/accuracy"] for line in smooth_curve(curve, 3)]
+    assert smoothed == pytest.approx([0.1, 0.6, 0.75, 0.7])
