@@ -27,9 +27,9 @@ from online_select.tasks import build_task
 def variants(task) -> dict[str, Scorer]:
     image_numel = int(torch.tensor(task.image_shape).prod())
     return {
-        "memory + reference, MSE (default)": Scorer(objective="mse"),
+        "memory + reference, rank + MSE (default)": Scorer(objective="rank_mse"),
+        "memory + reference, MSE": Scorer(objective="mse"),
         "memory + reference, Huber": Scorer(objective="huber"),
-        "memory + reference, rank + MSE": Scorer(objective="rank_mse"),
         "reference only, MSE": Scorer(objective="mse", use_memory=False),
         "memory only, MSE": Scorer(objective="mse"),
         "memory + reference + pixel MLP, MSE": Scorer(
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
     driver = OnlineSelector(
         "predicted_learnability",
         resolve_keep_count(sel.keep, sel.candidate_batch_size),
-        scorer=Scorer(objective="mse"),
+        scorer=Scorer(),
         reference=reference,
         rule=sel.rule,
         temperature=sel.temperature,

@@ -70,7 +70,7 @@ class ScorerConfig:
 
     hidden: int = 32
     lr: float = 3e-3
-    objective: str = "mse"
+    objective: str = "rank_mse"
     use_memory: bool = True
     age_scale: float = 1000.0
     model: str = "none"  # none | a small input model from the task's builders (e.g. mlp)

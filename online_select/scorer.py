@@ -69,8 +69,8 @@ class Scorer:
         head: maps the feature vector to one predicted loss; default a 32-unit MLP, built lazily
             once the feature width is known.
         optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr).
-        objective: ``"mse"`` (default; measured best), ``"huber"``, or ``"rank_mse"`` (a pairwise
-            ranking loss plus MSE so predictions stay on the loss scale).
+        objective: ``"rank_mse"`` (default: a pairwise ranking loss plus MSE so predictions stay on the
+            loss scale; it ranked best in ``benchmarks/scorer_study.py``), ``"mse"`` or ``"huber"``.
         use_memory: include the loss-memory features (needs sample ids).
         age_scale: steps over which a memory entry is considered stale (sets the age feature scale).
     """
@@ -83,7 +83,7 @@ class Scorer:
         head: nn.Module | None = None,
         optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
         lr: float = 3e-3,
-        objective: str = "mse",
+        objective: str = "rank_mse",
         use_memory: bool = True,
         age_scale: float = 1000.0,
     ) -> None:
