@@ -158,12 +158,17 @@ def _finite(value: Any) -> bool:
 
 
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
+
+
+def _subplots(rows: int = 1, cols: int = 1, squeeze: bool = True, **figure_kwargs: Any) -> tuple[Any, Any]:
+    """A figure made without pyplot, so that writing a report never changes a notebook's backend."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(**figure_kwargs)
+    return fig, fig.subplots(rows, cols, squeeze=squeeze)
 
 
 def _plot_lines(
@@ -194,15 +199,10 @@ def _finish(ax: Any, title: str, xlabel: str, ylabel: str = "", drawn: bool = Tr
 
 def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     """The report's figures: ``{file stem: (caption, PNG bytes)}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figures: dict[str, tuple[str, bytes]] = {}
     scaled = [RunData(r.path, r.name, r.config, r.train, [{**e, "acc%": 100 * e[ACCURACY]} for e in r.evals]) for r in runs]
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = _subplots(1, 2, figsize=(12, 4.2))
     drawn = _plot_lines(axes[0], scaled, "acc%", marker=".")
     _finish(axes[0], "test accuracy vs large-model steps", "steps", "accuracy %", drawn)
     drawn = _plot_lines(axes[1], scaled, "acc%", x_key="wall_s", marker=".")
@@ -215,7 +215,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     fig.tight_layout()
     figures["accuracy"] = ("Accuracy of each run against steps and against training seconds.", _png(fig))
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = _subplots(1, 3, figsize=(15, 4.2))
     drawn = _plot_lines(axes[0], runs, "selection/spearman_explore", marker=".")
     axes[0].axhline(0, color="gray", lw=0.8)
     _finish(axes[0], "scorer: Spearman(predicted, observed loss)\non the exploration picks", "steps", "", drawn)
@@ -229,7 +229,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     fig.tight_layout()
     figures["selection_quality"] = ("Selection quality: does the selector rank candidates like the oracle?", _png(fig))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = _subplots(1, 2, figsize=(12, 4.2))
     scaled_noise = [
         RunData(r.path, r.name, r.config, r.train, [
             {**e, **{k + "%": 100 * e[k] for k in ("selection/noisy_share", "selection/base_noisy_share",
@@ -250,7 +250,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
 
     with_hist = [r for r in runs if any("selection/score_hist" in line for line in r.train)][:_MAX_HISTOGRAM_RUNS]
     if with_hist:
-        fig, axes = plt.subplots(len(with_hist), 3, figsize=(13, 2.6 * len(with_hist)), squeeze=False)
+        fig, axes = _subplots(len(with_hist), 3, figsize=(13, 2.6 * len(with_hist)), squeeze=False)
         for row, run in zip(axes, with_hist):
             lines = [line for line in run.train if "selection/score_hist" in line]
             picks = sorted({0, len(lines) // 2, len(lines) - 1})
@@ -274,7 +274,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
             _png(fig),
         )
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    fig, axes = _subplots(2, 2, figsize=(12, 7.5))
     drawn = _plot_lines(axes[0, 0], runs, "selection/score_gap", "train")
     _finish(axes[0, 0], "selected minus rejected mean score", "steps", "", drawn)
     drawn = _plot_lines(axes[0, 1], runs, "selection/scorer_loss", "train")
@@ -289,7 +289,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
 
     with_mix = [r for r in runs if r.evals and isinstance(r.evals[-1].get("selection/label_selected_share"), list)]
     if with_mix:
-        fig, ax = plt.subplots(figsize=(12, 3.8))
+        fig, ax = _subplots(figsize=(12, 3.8))
         width = 0.8 / len(with_mix)
         for i, run in enumerate(with_mix):
             selected = run.evals[-1]["selection/label_selected_share"]
@@ -305,7 +305,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     parts = ("large", "select", "observe", "load", "telemetry")
     with_time = [r for r in runs if any(_finite(line.get("time/large_ms")) for line in r.train + r.evals)]
     if with_time:
-        fig, ax = plt.subplots(figsize=(12, 0.6 * len(with_time) + 1.5))
+        fig, ax = _subplots(figsize=(12, 0.6 * len(with_time) + 1.5))
         for row, run in enumerate(with_time):
             left = 0.0
             source = run.train if any("time/large_ms" in line for line in run.train) else run.evals

@@ -261,13 +261,10 @@ def render_example(value: Any) -> dict[str, str]:
             image = image[..., 0]
         lo, hi = float(image.min()), float(image.max())
         image = (image - lo) / (hi - lo) if hi > lo else torch.zeros_like(image)
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from PIL import Image
 
         buffer = io.BytesIO()
-        plt.imsave(buffer, image.numpy(), cmap="gray" if image.ndim == 2 else None, format="png")
+        Image.fromarray((255 * image).round().to(torch.uint8).numpy()).save(buffer, format="png")
         return {"image": base64.b64encode(buffer.getvalue()).decode("ascii")}
     return {"text": str(value)}
 
