@@ -430,11 +430,14 @@ class SelectionTelemetry:
 
         Call it after :meth:`OnlineSelector.select` and before the large model's update, so the oracle
         sees the model the scores were made for. Costs one large forward on ``audit_size`` samples.
+        Returns ``{}`` (and records nothing) when the whole candidate batch was selected.
         """
         if self.large_loss_fn is None:
             raise ValueError("audit() needs large_loss_fn")
         start = time.perf_counter()
         n = selected.candidate_batch_size
+        if selected.k >= n:
+            return {}  # nothing was rejected (e.g. the uniform baseline loads only k): nothing to audit
         m = min(self.audit_size, n)
         rows = torch.randperm(n, generator=self.generator)[:m].sort().values
         with torch.inference_mode():

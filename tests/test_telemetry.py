@@ -250,3 +250,11 @@ def test_tables_due_cadence():
     steps = [*range(0, 500, 40), 500]
     due = [step for step in steps if telemetry.tables_due(step, final=step == 500)]
     assert due == [120, 240, 360, 480, 500]
+
+
+def test_no_audit_when_nothing_was_rejected():
+    selector = OnlineSelector("uniform", keep=64)
+    telemetry = SelectionTelemetry(selector, large_loss_fn=_exact_loss, audit_every=1)
+    batch = next(_stream(1))
+    assert telemetry.audit(batch, selector.select(batch)) == {}
+    assert "audit/count" not in telemetry.eval_metrics()
