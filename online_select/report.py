@@ -305,7 +305,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     parts = ("large", "select", "observe", "load", "telemetry")
     with_time = [r for r in runs if any(_finite(line.get("time/large_ms")) for line in r.train + r.evals)]
     if with_time:
-        fig, ax = _subplots(figsize=(12, 0.6 * len(with_time) + 1.5))
+        fig, ax = _subplots(figsize=(12, 0.6 * len(with_time) + 1.8))
         for row, run in enumerate(with_time):
             left = 0.0
             source = run.train if any("time/large_ms" in line for line in run.train) else run.evals
@@ -316,7 +316,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
                     left += value
         ax.set_yticks(range(len(with_time)), [r.name for r in with_time], fontsize=8)
         _finish(ax, "time per step (ms): large model / scoring / scorer update / data / telemetry", "ms per step")
-        ax.legend(fontsize=8, ncols=len(parts))
+        ax.legend(fontsize=8, ncols=len(parts), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
         fig.tight_layout()
         figures["time"] = ("Where a step's time goes.", _png(fig))
     return figures

@@ -232,8 +232,8 @@ def distribution_shift(selected_counts: torch.Tensor, candidate_counts: torch.Te
 
 
 def most_selected(picks: torch.Tensor, appearances: torch.Tensor, n: int) -> torch.Tensor:
-    """Ids picked most often (ties: higher pick rate first)."""
-    seen = (appearances > 0).nonzero()[:, 0]
+    """Ids picked most often (ties: higher pick rate first); never-picked ids are left out."""
+    seen = (picks > 0).nonzero()[:, 0]
     if seen.numel() == 0:
         return seen
     rate = picks[seen].double() / appearances[seen].double()
@@ -242,8 +242,8 @@ def most_selected(picks: torch.Tensor, appearances: torch.Tensor, n: int) -> tor
 
 
 def most_rejected(picks: torch.Tensor, appearances: torch.Tensor, n: int) -> torch.Tensor:
-    """Ids rejected most often (ties: lower pick rate first)."""
-    seen = (appearances > 0).nonzero()[:, 0]
+    """Ids rejected most often (ties: lower pick rate first); never-rejected ids are left out."""
+    seen = (appearances > picks).nonzero()[:, 0]
     if seen.numel() == 0:
         return seen
     rejections = (appearances[seen] - picks[seen]).double()

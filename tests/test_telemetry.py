@@ -258,3 +258,10 @@ def test_no_audit_when_nothing_was_rejected():
     batch = next(_stream(1))
     assert telemetry.audit(batch, selector.select(batch)) == {}
     assert "audit/count" not in telemetry.eval_metrics()
+
+
+def test_tables_leave_out_never_picked_and_never_rejected_samples():
+    picks = torch.tensor([2, 0, 1])
+    appearances = torch.tensor([2, 3, 1])
+    assert most_selected(picks, appearances, 5).tolist() == [0, 2]
+    assert most_rejected(picks, appearances, 5).tolist() == [1]
