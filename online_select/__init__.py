@@ -19,6 +19,7 @@ from .reference import (
 from .rules import Selection, resolve_keep, select
 from .scorer import Scorer
 from .selector import OnlineSelector, ProxyModel, SelectedBatch, spearman
+from .telemetry import SelectionTelemetry
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "ReferenceTable",
     "Scorer",
     "SelectedBatch",
+    "SelectionTelemetry",
     "Selection",
     "Signals",
     "batch_size",

@@ -1,4 +1,5 @@
-"""``online-select`` command line: ``train`` a recipe, ``bench`` policies side by side."""
+"""``online-select`` command line: ``train`` a recipe, ``bench`` policies side by side, ``report``
+runs as an HTML page, create a W&B ``dashboard``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,34 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    try:
+        page = write_report(args.run_dirs, args.out, title=args.title)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"online-select report: {exc}", file=sys.stderr)
+        return 2
+    print(f"online-select report: wrote {page} (figures in {page.parent / (page.stem + '_figures')})")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import create_dashboard, selection_workspace
+
+    if args.dry_run:
+        workspace = selection_workspace(args.entity, args.project, args.name)
+        print(f"online-select dashboard: {len(workspace.sections)} sections: " + ", ".join(s.name for s in workspace.sections))
+        return 0
+    try:
+        url = create_dashboard(args.entity, args.project, args.name)
+    except RuntimeError as exc:
+        print(f"online-select dashboard: {exc}", file=sys.stderr)
+        return 2
+    print(f"online-select dashboard: saved {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="online-select", description="Online in-batch data selection.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--smooth", type=int, default=3, help="compare rolling means over this many evals (1: raw evals)"
     )
     bench.set_defaults(func=_bench)
+
+    report = sub.add_parser("report", help="turn runs' metrics.jsonl into a self-contained HTML page (offline)")
+    report.add_argument("run_dirs", nargs="+", help="run output folders, or folders holding several (e.g. a bench --out)")
+    report.add_argument("--out", default=None, help="the HTML file (default: RUN_DIR/report.html for one run, "
+                        "./online_select_report.html for several)")
+    report.add_argument("--title", default="online_select report")
+    report.set_defaults(func=_report, overrides=[])
+
+    dashboard = sub.add_parser("dashboard", help="create the selection-telemetry workspace in W&B (needs wandb login)")
+    dashboard.add_argument("--entity", required=True, help="W&B user or team")
+    dashboard.add_argument("--project", required=True, help="W&B project the runs log to (logging.project)")
+    dashboard.add_argument("--name", default="online_select: selection telemetry", help="workspace name")
+    dashboard.add_argument("--dry-run", action="store_true", help="build the definition offline and list its sections")
+    dashboard.set_defaults(func=_dashboard, overrides=[])
     return parser
 
 
@@ -67,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(argv)
     unknown_flags = [item for item in rest if item.startswith("-")]
-    if unknown_flags or not hasattr(args, "overrides"):
+    if unknown_flags or not hasattr(args, "overrides") or (rest and args.command in ("report", "dashboard")):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = list(args.overrides) + rest
     try:

@@ -133,6 +133,13 @@ class LoggingConfig:
     run_name: str = ""
     wandb_mode: str = "offline"  # offline unless the user opts in with `online`
     log_every: int = 50
+    telemetry: bool = True  # selection telemetry (see online_select.telemetry); false: none of it
+    audit_every: int = 200  # large forward on audit_size random candidates every N steps (0: never)
+    audit_size: int = 256
+    audit_oracle: str = "auto"  # auto: the policy with exact large losses in place of estimates
+    table_every: int = 1000  # most-selected/-rejected tables at eval steps every N steps (0: never)
+    table_rows: int = 16
+    histogram_bins: int = 30
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .reference import ReferenceTable
 from .scorer import Scorer
 from .selector import OnlineSelector
 from .tasks import Task, build_task
+from .telemetry import log_example_tables, log_histograms, telemetry_from_config
 
 __all__ = ["train", "build_selector", "lr_lambda", "resolve_keep_count"]
 
@@ -224,6 +225,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
+    telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
     loader = task.train_loader(k if uniform else sel_cfg.candidate_batch_size, config.seed)
 
@@ -242,11 +244,15 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         selector.load_state_dict(state["selector"])
         loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
+        if telemetry is not None and "telemetry" in state:
+            telemetry.load_state_dict(state["telemetry"])
         build_s = float(state["wall_s"])
         accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
     metrics_path = out_dir / "metrics.jsonl"
+    tables_path = out_dir / "selection_tables.jsonl"
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, start_step)
+        _truncate_metrics(tables_path, start_step)
     if trackers:
         init_kwargs = {"wandb": {"dir": str(out_dir), "mode": config.logging.wandb_mode}}
         if config.logging.run_name:
@@ -272,6 +278,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         line.update(selector.stats())
         line.update({k: v for k, v in reference_report.items()})
         line["sys/peak_rss_mb"] = _peak_rss_mb()
+        if telemetry is not None:
+            line.update(telemetry.eval_metrics())
+            if telemetry.tables_due(step, final=step == config.train.max_steps):
+                tables = telemetry.example_rows(config.logging.table_rows, task.examples)
+                log_example_tables(accelerator, step, tables, tables_path if accelerator.is_main_process else None)
         write(line)
         tally.reset()
         clock.resume()
@@ -289,6 +300,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
                 "rng": _rng_state(),
                 "wall_s": clock.offset,
             }
+            if telemetry is not None:
+                state["telemetry"] = telemetry.state_dict()
             save_checkpoint(ckpt_root, step, state, accelerator.unwrap_model(model).state_dict(), config.train.keep_checkpoints)
         clock.resume()
 
@@ -305,6 +318,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         candidate = next(loader)
         t1 = time.perf_counter()
         selected = selector.select(candidate)
+        select_s = time.perf_counter() - t1
+        if telemetry is not None and telemetry.audit_due(step):
+            clock.pause()  # audits are telemetry: excluded from training time
+            telemetry.audit(candidate, selected)
+            clock.resume()
         t2 = time.perf_counter()
         losses = task.loss(model, _to_device(selected.batch, device))
         loss = selector.observe(selected, losses)
@@ -316,18 +334,25 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         t4 = time.perf_counter()
         observe_s = selected.timings.get("observe_s", 0.0)
         tally.time["load"] += t1 - t0
-        tally.time["select"] += t2 - t1
+        tally.time["select"] += select_s
         tally.time["observe"] += observe_s
         tally.time["large"] += (t4 - t2) - observe_s
         tally.steps += 1
         tally.add(candidate, selected.indices, task.noise_key, task.label_key)
+        if telemetry is not None:
+            split = {"load": t1 - t0, "select": select_s, "large": (t4 - t2) - observe_s, "observe": observe_s}
+            telemetry.record_step(candidate, selected, split)
         if progress is not None:
             progress.update(1)
         if config.logging.log_every and step % config.logging.log_every == 0:
             line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(loss.detach())}
             line["train/lr"] = scheduler.get_last_lr()[0]
             line.update(selector.stats())
-            accelerator.log({k: v for k, v in line.items() if k != "step"}, step=step)
+            if telemetry is not None:
+                line.update(telemetry.step_metrics())
+                if accelerator.is_main_process:
+                    log_histograms(accelerator, step, line.get("selection/score_hist"))
+            write(line)
         if config.train.eval_every and (step % config.train.eval_every == 0 or step == config.train.max_steps):
             last_eval = evaluate(step)
             if progress is not None:

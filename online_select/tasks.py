@@ -47,6 +47,11 @@ class Task:
     def label_floor(self) -> float:
         return 1.0 / self.num_classes if self.num_classes else 0.0
 
+    def examples(self, ids: torch.Tensor) -> dict[str, Any] | None:
+        """Per-sample fields for the telemetry's example tables, each of length ``len(ids)``:
+        ``example`` (an image tensor, or a text) and e.g. ``label``, ``noisy``. ``None``: ids only."""
+        return None
+
 
 class ImageClassificationTask(Task):
     """Image classification from an MNIST-format IDX folder (or the hub), with symmetric label noise.
@@ -92,6 +97,14 @@ class ImageClassificationTask(Task):
 
     def _fields(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input": self.train_x[ids], "label": self.train_y[ids], "noisy": self.is_noisy[ids]}
+
+    def examples(self, ids: torch.Tensor) -> dict[str, Any]:
+        return {
+            "example": list(self.train_x[ids]),
+            "label": self.train_y[ids].tolist(),
+            "true_label": self.clean_y[ids].tolist(),
+            "noisy": self.is_noisy[ids].tolist(),
+        }
 
     def train_loader(self, batch_size: int, seed: int) -> TensorLoader:
         return TensorLoader(self._fields(self.train_ids), batch_size, seed, ids=self.train_ids)

@@ -118,7 +118,7 @@ def test_reducible_loss_runs_the_large_model_only_when_declared():
         return F.cross_entropy(model(batch["input"]), batch["label"], reduction="none")
 
     ref = ReferenceModel(torch.nn.Linear(5, 3), ClassificationLoss("input", "label"))
-    rho = OnlineSelector("reducible_loss", keep=4, reference=ref, large_loss_fn=large_loss_fn, explore=0.0)
+    rho = OnlineSelector("reducible_loss", keep=4, reference=ref, large_loss_fn=large_loss_fn, explore=0.0, rule="top_k")
     selected = rho.select(_batch())
     expected = large_loss_fn(_batch()) - ref.losses(_batch(), None)
     assert set(selected.indices.tolist()) == set(expected.topk(4).indices.tolist())
