@@ -136,12 +136,11 @@ def bench_table(runs: dict[str, list[RunSummary]]) -> str:
 
 def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = "") -> None:
     """Accuracy vs steps and vs seconds, mean over seeds per policy (shaded: min to max)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    # A Figure without pyplot: no global backend switch, so notebooks keep showing their own plots.
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     for policy, summaries in runs.items():
         n = min(len(r.curve) for r in summaries)
         steps = [summaries[0].curve[i]["step"] for i in range(n)]
@@ -165,7 +164,6 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _run_one(
