@@ -103,7 +103,7 @@ class SelectionConfig:
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0
     on_nonfinite: str = "raise"
-    distributed: str = "local"
+    distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
 
 
 @dataclass
@@ -133,6 +133,7 @@ class LoggingConfig:
     run_name: str = ""
     wandb_mode: str = "offline"  # offline unless the user opts in with `online`
     log_every: int = 50
+    trace: bool = False  # write selection_trace.jsonl: every step's selected ids, weights, exploration flags, losses
 
 
 @dataclass
