@@ -51,6 +51,8 @@ __all__ = [
     "exchange_selected",
     "gather_batches",
     "fingerprint",
+    "is_main_process",
+    "end_process_group",
 ]
 
 MODES = ("local", "global")
@@ -133,6 +135,17 @@ class ProcessGroup:
                 f"{what} differs across processes (fingerprints by rank: {digests}); every process must make the "
                 "same updates from the same data: check for nondeterministic kernels or unequal inputs"
             )
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0 of the default process group (or the only process)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def end_process_group() -> None:
+    """Tear down the default process group if one is up (at the end of a command-line run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> int:
@@ -279,9 +292,12 @@ def unpack_rows(rows: torch.Tensor, specs: Sequence[FieldSpec], template: Any, l
         spec = next(spec_iter)
         if spec.kind == "list":
             return lists[spec.path]
-        chunk = rows[:, offset[0] : offset[0] + spec.nbytes].contiguous()
-        offset[0] += spec.nbytes
-        field = chunk.view(spec.torch_dtype()).reshape(n, *spec.shape)
+        if spec.nbytes == 0:
+            field = torch.empty((n, *spec.shape), dtype=spec.torch_dtype())
+        else:
+            chunk = rows[:, offset[0] : offset[0] + spec.nbytes].clone(memory_format=torch.contiguous_format)  # aligned
+            offset[0] += spec.nbytes
+            field = chunk.view(spec.torch_dtype()).reshape(n, *spec.shape)
         if spec.kind == "ndarray":
             return field.cpu().numpy()
         return field.to(value.device)

@@ -43,6 +43,7 @@ from .checkpoint import (
     save_accelerator_checkpoint,
 )
 from .config import Config, config_to_dict
+from .distributed import ProcessGroup
 from .scorer import Scorer
 from .selector import OnlineSelector
 from .tasks import Task, build_task
@@ -248,8 +249,6 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
     out_dir = Path(config.output_dir)
     trackers = [t for t in config.logging.trackers if t and t != "none"]
     if "wandb" in trackers:
@@ -263,6 +262,15 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,
     )
+    if config.train.threads:  # after the Accelerator, which sets its own count on multi-process CPU runs
+        torch.set_num_threads(config.train.threads)
+    group = ProcessGroup.current()
+    if (group.world_size if group else 1) != accelerator.num_processes:
+        raise RuntimeError(
+            f"torch.distributed has {group.world_size if group else 1} process(es) but Accelerate thinks it runs "
+            f"{accelerator.num_processes}: start the run with `accelerate launch` or `torchrun`, and create no "
+            "Accelerator before the process group is up"
+        )
     set_seed(config.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +418,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             checkpoint(step)
     if progress is not None:
         progress.close()
-    accelerator.end_training()
+    # Trackers end here; the process group stays up for whoever launched this (the CLI ends it), so
+    # train() can run again in the same processes (e.g. `online-select bench` under torchrun).
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()
     return last_eval
 
 
