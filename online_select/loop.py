@@ -223,6 +223,15 @@ class _RunState:
         self.tally.load_state_dict(state["tally"])
 
 
+def _multi_process_without_accelerator() -> bool:
+    """A multi-process launch on a machine with no GPU (or other accelerator): Accelerate sets such a
+    run up as multi-process CPU only when told to use the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    accelerator_api = getattr(torch, "accelerator", None)
+    return not (accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available())
+
+
 def _train_loader(task: Task, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
     if world_size == 1:
         return task.train_loader(batch_size, seed)
@@ -257,7 +266,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
     # prepared scheduler once per process, assuming an epoch-based schedule).
     accelerator = Accelerator(
-        cpu=config.train.cpu,
+        cpu=config.train.cpu or _multi_process_without_accelerator(),
         log_with=trackers or None,
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,

@@ -360,3 +360,41 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
         for run in (whole, resumed)
     ]
     assert clock_free[0] == clock_free[1]
+
+
+# ---------------------------------------------------------------- the command line under real launchers
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, tmp_path, launcher):
+    import os
+    import subprocess
+    import sys
+
+    from online_select.cli import main
+
+    args = ["train", str(RECIPE), *_loop_args(tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global")]
+    port = str(_free_port())
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([*command, "-m", "online_select", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("online_select: finished") == 1
+    one = ["train", str(RECIPE), *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6"),
+           "selection.candidate_batch_size=64", "selection.keep=16"]
+    assert main(one) == 0
+    two, one = ([json.loads(line) for line in (tmp_path / run / "selection_trace.jsonl").read_text().splitlines()] for run in ("two", "one"))
+    assert [(line["ids"], line["weights"], line["explored"]) for line in two] == [(line["ids"], line["weights"], line["explored"]) for line in one]
+    assert read_meta(tmp_path / "two" / "checkpoints" / "step-00000006")["world_size"] == 2
