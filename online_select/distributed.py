@@ -93,23 +93,46 @@ class ProcessGroup:
         dist.all_gather(parts, tensor)
         return torch.stack(parts).cpu()
 
-    def all_gather_rows(self, rows: torch.Tensor, header: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def all_gather_rows(
+        self, rows: torch.Tensor, header: torch.Tensor, max_rows: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All-gather a fixed-length ``header`` and a variable number of ``rows`` (``[n, ...]``) from
-        every process. Returns ``(headers [world, h] float64, rows of each process)``, on the CPU."""
+        every process. Returns ``(headers [world, h] float64, rows of each process)``, on the CPU.
+
+        With ``max_rows`` (the same on every process) float64 rows travel with the header in one
+        collective, and a second one follows only if some process had more rows than that;
+        otherwise the counts go first.
+        """
         width = math.prod(rows.shape[1:])
         meta = torch.cat([torch.tensor([rows.shape[0], width], dtype=torch.float64), header.to(torch.float64).flatten()])
+        if max_rows is not None and rows.dtype == torch.float64:
+            fits = rows[:max_rows].reshape(-1).cpu()
+            padded = torch.zeros(max_rows * width, dtype=torch.float64)
+            padded[: fits.numel()] = fits
+            gathered = self._all_gather_same(torch.cat([meta, padded]))
+            metas, data = gathered[:, : meta.numel()], gathered[:, meta.numel() :]
+            counts = self._counts(metas)
+            if max(counts) <= max_rows:
+                parts = [row[: count * width].reshape(count, *rows.shape[1:]) for row, count in zip(data, counts)]
+                return metas[:, 2:], parts
+            return metas[:, 2:], self._gather_padded(rows, counts)
         metas = self._all_gather_same(meta)
-        counts = metas[:, 0].long().tolist()
-        widths = metas[:, 1].long().tolist()
-        if len(set(widths)) > 1:
-            raise DistributedSelectionError(f"processes sent rows of different widths {widths} (ranks 0..{self.world_size - 1})")
+        return metas[:, 2:], self._gather_padded(rows, self._counts(metas))
+
+    def _gather_padded(self, rows: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
         longest = max(counts)
         if longest == 0:
-            return metas[:, 2:], [rows.new_empty((0, *rows.shape[1:])).cpu() for _ in counts]
+            return [rows.new_empty((0, *rows.shape[1:])).cpu() for _ in counts]
         padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=self.device)
         padded[: rows.shape[0]] = rows.to(self.device)
         parts = self._all_gather_same(padded)
-        return metas[:, 2:], [part[:count] for part, count in zip(parts, counts)]
+        return [part[:count] for part, count in zip(parts, counts)]
+
+    def _counts(self, metas: torch.Tensor) -> list[int]:
+        widths = metas[:, 1].long().tolist()
+        if len(set(widths)) > 1:
+            raise DistributedSelectionError(f"processes sent rows of different widths {widths} (ranks 0..{self.world_size - 1})")
+        return metas[:, 0].long().tolist()
 
     def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
         """Send ``send_counts[d]`` consecutive rows to each process ``d``; receive ``recv_counts[s]`` from each ``s``."""
@@ -335,32 +358,58 @@ def exchange_selected(
     mine = trainers == rank
     from_me = owners == rank
     keep_pos = (mine & from_me).nonzero()[:, 0]
+    if not bool((owners != trainers).any()):  # nothing moves: this process's own samples, in selection order
+        return take(payload, local_index[keep_pos])
     send_pos = (from_me & ~mine).nonzero()[:, 0]
     send_pos = send_pos[torch.sort(trainers[send_pos], stable=True).indices]
     recv_pos = (mine & ~from_me).nonzero()[:, 0]
     recv_pos = recv_pos[torch.sort(owners[recv_pos], stable=True).indices]
-    moved = bool((owners != trainers).any())
-    order = torch.argsort(torch.cat([keep_pos, recv_pos]))
+    send_counts = torch.bincount(trainers[send_pos], minlength=world).tolist()
+    recv_counts = torch.bincount(owners[recv_pos], minlength=world).tolist()
 
-    kept = take(payload, local_index[keep_pos])
-    rows = pack_rows(kept, group.device)
-    list_paths = [s.path for s in specs if s.kind == "list"]
-    lists = _list_fields(kept) if list_paths else {}
-    if moved:
-        send_counts = torch.bincount(trainers[send_pos], minlength=world).tolist()
-        recv_counts = torch.bincount(owners[recv_pos], minlength=world).tolist()
-        sent = take(payload, local_index[send_pos])
-        received = group.all_to_all_rows(pack_rows(sent, group.device), send_counts, recv_counts)
-        rows = torch.cat([rows, received])
-        if list_paths:
-            outgoing = _list_fields(sent)
-            chunks = {path: _split(values, send_counts) for path, values in outgoing.items()}
-            gathered = group.all_gather_objects(chunks)
-            for path in list_paths:
-                lists[path] = lists[path] + [item for source in gathered for item in source[path][rank]]
-    rows = rows[order.to(rows.device)]
-    lists = {path: [values[i] for i in order.tolist()] for path, values in lists.items()}
-    return unpack_rows(rows, specs, payload, lists)
+    sent = take(payload, local_index[send_pos])
+    rows = group.all_to_all_rows(pack_rows(sent, group.device), send_counts, recv_counts)
+    received_lists: dict[str, list] = {}
+    if any(s.kind == "list" for s in specs):
+        chunks = {path: _split(values, send_counts) for path, values in _list_fields(sent).items()}
+        for source in group.all_gather_objects(chunks):
+            for path, values in source.items():
+                received_lists.setdefault(path, []).extend(values[rank])
+    received = unpack_rows(rows, specs, payload, received_lists)
+
+    # Write kept and received samples straight into their slots in selection order.
+    slots = torch.empty(keep_pos.numel() + recv_pos.numel(), dtype=torch.long)
+    slots[torch.argsort(torch.cat([keep_pos, recv_pos]))] = torch.arange(slots.numel())
+    keep_slots, recv_slots = slots[: keep_pos.numel()], slots[keep_pos.numel() :]
+    keep_rows = local_index[keep_pos]
+    incoming = iter(_fields(received))
+
+    def place(path: str, value: Any) -> Any:
+        arrived = next(incoming)
+        if isinstance(value, torch.Tensor):
+            out = value.new_empty((slots.numel(), *value.shape[1:]))
+            out[keep_slots.to(value.device)] = value[keep_rows.to(value.device)]
+            out[recv_slots.to(value.device)] = arrived.to(value.device)
+            return out
+        if isinstance(value, np.ndarray):
+            out = np.empty((slots.numel(), *value.shape[1:]), dtype=value.dtype)
+            out[keep_slots.numpy()] = value[keep_rows.numpy()]
+            out[recv_slots.numpy()] = arrived
+            return out
+        out = [None] * slots.numel()
+        for slot, row in zip(keep_slots.tolist(), keep_rows.tolist()):
+            out[slot] = value[row]
+        for slot, item in zip(recv_slots.tolist(), arrived):
+            out[slot] = item
+        return out
+
+    return map_fields(payload, place)
+
+
+def _fields(batch: Any) -> list[Any]:
+    found: list[Any] = []
+    map_fields(batch, lambda path, value: found.append(value) or value)
+    return found
 
 
 def gather_batches(group: ProcessGroup, batch: Any, specs: Sequence[FieldSpec], permutation: torch.Tensor | None = None) -> Any:

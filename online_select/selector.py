@@ -238,6 +238,9 @@ class OnlineSelector:
         self._group: ProcessGroup | None = None
         self._group_bound = False
         self._state_loaded = False
+        # The largest per-process row counts gathered so far (the same on every process): with a
+        # bound, a gather needs one collective instead of two.
+        self._row_bounds: dict[str, int] = {}
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_losses = 0
@@ -355,7 +358,9 @@ class OnlineSelector:
         }
         payload = {"batch": candidate_batch, "extras": extras}
         specs = field_specs(payload)
-        headers, parts = group.all_gather_rows(torch.stack(columns, 1), torch.tensor([float(fields_signature(specs))]))
+        headers, parts = group.all_gather_rows(
+            torch.stack(columns, 1), torch.tensor([float(fields_signature(specs))]), self._row_bounds.get("candidates")
+        )
         if len(set(headers[:, 0].tolist())) > 1:
             raise DistributedSelectionError(
                 f"distributed='global' moves selected samples between processes, so every process's batch needs "
@@ -364,6 +369,7 @@ class OnlineSelector:
                 "padding='max_length') or use distributed='local'"
             )
         counts = [part.shape[0] for part in parts]
+        self._row_bounds["candidates"] = max(counts)
         table = torch.cat(parts)
         total = table.shape[0]
         k = global_keep(self.keep, group.world_size, total)
@@ -511,7 +517,14 @@ class OnlineSelector:
         else:
             candidates, score_sum = float(selected.candidate_batch_size), float(selected.scores.double().sum())
         header = torch.tensor([candidates, score_sum, selected.timings.get("select_s", 0.0)], dtype=torch.float64)
-        headers, parts = group.all_gather_rows(torch.cat(columns, 1), header)
+        # A bound on every process's count lets the rows travel in one collective: the quotas in
+        # global mode, k in local mode with a count, else the largest count so far.
+        if selected.selection_order is not None:
+            bound = -(-global_keep(self.keep, group.world_size, selected.candidate_batch_size) // group.world_size)
+        else:
+            bound = self.keep if isinstance(self.keep, int) else self._row_bounds.get("selected")
+        headers, parts = group.all_gather_rows(torch.cat(columns, 1), header, max_rows=bound)
+        self._row_bounds["selected"] = max(part.shape[0] for part in parts)
         rows = torch.cat(parts)
         permutation = torch.argsort(rows[:, 0], stable=True) if selected.selection_order is not None else None
         if permutation is not None:

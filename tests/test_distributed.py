@@ -22,6 +22,7 @@ from online_select.config import load_config
 from online_select.data import TensorLoader
 from online_select.distributed import (
     DistributedSelectionError,
+    ProcessGroup,
     assign_trainers,
     even_quotas,
     field_specs,
@@ -186,6 +187,11 @@ def _selector_worker(out):
         batch["extra"] = torch.zeros(PER_RANK)
     with pytest.raises(DistributedSelectionError, match="same fields, dtypes and per-sample shapes"):
         OnlineSelector("uniform", keep=4, distributed="global").select(batch)
+    # Gathering rows with a bound that one process exceeds (3 and 8 rows, bound 4).
+    group = ProcessGroup.current()
+    rows = torch.arange((3 + 5 * rank) * 2, dtype=torch.float64).reshape(-1, 2) + 100 * rank
+    headers, parts = group.all_gather_rows(rows, torch.tensor([float(rank)]), max_rows=4)
+    results["rows"] = {"headers": headers.tolist(), "parts": [part.tolist() for part in parts]}
     (Path(out) / f"steps-{rank}.json").write_text(json.dumps(results))
     faulthandler.cancel_dump_traceback_later()
 
@@ -218,6 +224,13 @@ def _assert_same_state(a, b):
             _assert_same_state(x, y)
     else:
         assert a == b
+
+
+def test_rows_gather_across_processes_past_the_bound(two_process_selection):
+    _, ranks = two_process_selection
+    expected = [(torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2) + 100 * r).tolist() for r, n in ((0, 3), (1, 8))]
+    for rank in (0, 1):
+        assert ranks[rank]["rows"] == {"headers": [[0.0], [1.0]], "parts": expected}
 
 
 @pytest.mark.parametrize("name", list(_configs()))
