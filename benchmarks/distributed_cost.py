@@ -10,8 +10,9 @@ Each process holds B candidates per step and keeps k; the selector is the defaul
 same processes so they share the machine's load. Times are the slowest process's per step (the step
 waits for it), median over the measured steps; "moved" is how many selected samples changed process
 in ``global`` mode (while the scorer is cold its scores tie, top-k breaks ties by position, and the
-picks pile up on one process, so the early steps move the most). A one-process row (B and k, no communication, measured alone before the
-processes start) shows what the same selection work costs without any.
+picks pile up on one process, so the early steps move the most). A one-process row (B and k, no
+communication, measured alone before the processes start) shows what the same selection work costs
+without any.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def _measure(rank: int, world: int, args: argparse.Namespace) -> list[dict]:
         samples: dict[str, list] = {mode: [] for mode in modes}
         for step in range(args.warmup + args.steps):
             for mode in modes:
-                timing = _step(selectors[mode], _batch(step, rank, world, args.candidates, inputs), rank, args.candidates)
+                timing = _step(
+                    selectors[mode], _batch(step, rank, world, args.candidates, inputs), rank, args.candidates
+                )
                 if step >= args.warmup:
                     samples[mode].append(timing)
         for mode in modes:
@@ -139,23 +142,26 @@ def _table(rows: list[dict], args: argparse.Namespace, collective_ms: float | No
         f"B={args.candidates} candidates and k={args.keep} kept per process; median of {args.steps} steps "
         f"after {args.warmup} warm-up; CPU, gloo, 1 thread per process",
         "",
-        "| payload per sample | mode | processes | select ms | observe ms | total ms/step | vs local | samples moved/step (mean, max) | KB moved/step (mean) | collectives alone ms/step |",
+        "| payload per sample | mode | processes | select ms | observe ms | total ms/step | vs local "
+        "| samples moved/step (mean, max) | KB moved/step (mean) | collectives alone ms/step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         local = next((r for r in rows if r["payload"] == row["payload"] and r["mode"] == "local"), None)
         ratio = f"{row['total_ms'] / local['total_ms']:.2f}x" if local else "-"
         lines.append(
-            f"| {row['payload']} | {row['mode']} | {row['processes']} | {row['select_ms']:.2f} | {row['observe_ms']:.2f} | "
-            f"{row['total_ms']:.2f} | {ratio} | {row['moved']:.1f}, {row['most']:.0f} | {row['moved_kb']:.0f} | {row['comm_ms']:.2f} |"
+            f"| {row['payload']} | {row['mode']} | {row['processes']} | {row['select_ms']:.2f} "
+            f"| {row['observe_ms']:.2f} | {row['total_ms']:.2f} | {ratio} | {row['moved']:.1f}, {row['most']:.0f} "
+            f"| {row['moved_kb']:.0f} | {row['comm_ms']:.2f} |"
         )
     if collective_ms is not None:
         lines += [
             "",
             f"One tiny all_gather, back to back: {collective_ms:.2f} ms median. local makes 1 collective per step "
-            "(observe), global 2 or 3 (the signals in select, the all_to_all when samples move, 1 in observe). Step times above include waiting for "
-            "the other process: with more runnable processes than cores they run in turns, so a collective waits for "
-            "the other's compute; 'collectives alone' replays the same collectives back to back.",
+            "(observe), global 2 or 3 (the signals in select, the all_to_all when samples move, 1 in observe). "
+            "Step times above include waiting for the other process: with more runnable processes than cores "
+            "they run in turns, so a collective waits for the other's compute; 'collectives alone' replays the "
+            "same collectives back to back.",
         ]
     return "\n".join(lines)
 

@@ -125,7 +125,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         if not file.is_file():
             raise CheckpointError(f"{path} is incomplete: {name} is missing")
         if file.stat().st_size != size:
-            raise CheckpointError(f"{path} is incomplete: {name} has {file.stat().st_size} bytes, meta.json says {size}")
+            raise CheckpointError(
+                f"{path} is incomplete: {name} has {file.stat().st_size} bytes, meta.json says {size}"
+            )
     return meta
 
 
@@ -193,7 +195,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     path = Path(path)
     meta = read_meta(path)
     if meta.get("kind") != "plain":
-        raise CheckpointError(f"{path} was written by save_accelerator_checkpoint; load it with load_accelerator_checkpoint")
+        raise CheckpointError(
+            f"{path} was written by save_accelerator_checkpoint; load it with load_accelerator_checkpoint"
+        )
     state = _safe_load(path / "state.pt")
     model_state = None
     if (path / "model.safetensors").is_file():
@@ -213,7 +217,13 @@ class ProcessRNG:
         state = {
             "torch": torch.get_rng_state(),
             "python": {"version": version, "internal": list(internal), "gauss": gauss},
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": pos,
+                "has_gauss": has_gauss,
+                "cached": cached,
+            },
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()

@@ -46,6 +46,7 @@ __all__ = [
     "assign_trainers",
     "field_specs",
     "fields_signature",
+    "describe_fields",
     "pack_rows",
     "unpack_rows",
     "exchange_selected",
@@ -104,7 +105,9 @@ class ProcessGroup:
         otherwise the counts go first.
         """
         width = math.prod(rows.shape[1:])
-        meta = torch.cat([torch.tensor([rows.shape[0], width], dtype=torch.float64), header.to(torch.float64).flatten()])
+        meta = torch.cat(
+            [torch.tensor([rows.shape[0], width], dtype=torch.float64), header.to(torch.float64).flatten()]
+        )
         if max_rows is not None and rows.dtype == torch.float64:
             fits = rows[:max_rows].reshape(-1).cpu()
             padded = torch.zeros(max_rows * width, dtype=torch.float64)
@@ -131,11 +134,13 @@ class ProcessGroup:
     def _counts(self, metas: torch.Tensor) -> list[int]:
         widths = metas[:, 1].long().tolist()
         if len(set(widths)) > 1:
-            raise DistributedSelectionError(f"processes sent rows of different widths {widths} (ranks 0..{self.world_size - 1})")
+            raise DistributedSelectionError(
+                f"processes sent rows of different widths {widths} (ranks 0..{self.world_size - 1})"
+            )
         return metas[:, 0].long().tolist()
 
     def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
-        """Send ``send_counts[d]`` consecutive rows to each process ``d``; receive ``recv_counts[s]`` from each ``s``."""
+        """Send ``send_counts[d]`` consecutive rows to process ``d``; receive ``recv_counts[s]`` from ``s``."""
         received = torch.empty((sum(recv_counts), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
         dist.all_to_all_single(received, rows.to(self.device).contiguous(), recv_counts, send_counts)
         return received
@@ -254,7 +259,9 @@ def field_specs(batch: Any) -> list[FieldSpec]:
     def visit(path: str, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             per_sample = tuple(value.shape[1:])
-            specs.append(FieldSpec(path, "tensor", str(value.dtype), per_sample, math.prod(per_sample) * value.element_size()))
+            specs.append(
+                FieldSpec(path, "tensor", str(value.dtype), per_sample, math.prod(per_sample) * value.element_size())
+            )
         elif isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise BatchError(
@@ -262,7 +269,9 @@ def field_specs(batch: Any) -> list[FieldSpec]:
                     "use a tensor, a numeric array or a list"
                 )
             per_sample = tuple(value.shape[1:])
-            specs.append(FieldSpec(path, "ndarray", value.dtype.str, per_sample, math.prod(per_sample) * value.itemsize))
+            specs.append(
+                FieldSpec(path, "ndarray", value.dtype.str, per_sample, math.prod(per_sample) * value.itemsize)
+            )
         else:
             specs.append(FieldSpec(path, "list", "", (), 0))
         return value
@@ -412,7 +421,9 @@ def _fields(batch: Any) -> list[Any]:
     return found
 
 
-def gather_batches(group: ProcessGroup, batch: Any, specs: Sequence[FieldSpec], permutation: torch.Tensor | None = None) -> Any:
+def gather_batches(
+    group: ProcessGroup, batch: Any, specs: Sequence[FieldSpec], permutation: torch.Tensor | None = None
+) -> Any:
     """All processes' ``batch`` concatenated in rank order on every process, then reordered by
     ``permutation`` (indices into the concatenation) when given."""
     _, parts = group.all_gather_rows(pack_rows(batch, group.device), torch.zeros(0))

@@ -167,7 +167,8 @@ class _Tally:
             self.selected_noisy += int(selected[noise_key].sum())
             self.candidates_noisy += int(candidate[noise_key].sum())
         if label_key and label_key in candidate and self.num_classes:
-            self.class_counts += torch.bincount(selected[label_key].cpu(), minlength=self.num_classes)[: self.num_classes]
+            counts = torch.bincount(selected[label_key].cpu(), minlength=self.num_classes)
+            self.class_counts += counts[: self.num_classes]
 
     def _vector(self) -> torch.Tensor:
         counts = [self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps]
@@ -176,7 +177,8 @@ class _Tally:
 
     def _from_vector(self, vector: torch.Tensor) -> None:
         values = vector.tolist()
-        self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps = (int(v) for v in values[:5])
+        counts = [int(v) for v in values[:5]]
+        self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps = counts
         self.time = dict(zip(self.TIMES, values[5:9]))
         self.class_counts = vector[9:].round().long()
 
@@ -312,9 +314,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     selector, reference_report = build_selector(config, task, large_loss_fn)
     build_s = time.perf_counter() - build_start
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
-    loader = _train_loader(
-        task, k if uniform else sel_cfg.candidate_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
-    )
+    size = k if uniform else sel_cfg.candidate_batch_size
+    loader = _train_loader(task, size, config.seed, accelerator.process_index, accelerator.num_processes)
 
     # The clock starts with the time spent building the reference and scorer (counted as training).
     clock = _Clock(offset=build_s)
@@ -460,7 +461,7 @@ def _discard_earlier_run(ckpt_root: Path, accelerator: Any) -> None:
     """A fresh run in an output_dir that holds checkpoints replaces them (they would mix with its own)."""
     old = list_checkpoints(ckpt_root)
     if old:
-        accelerator.print(f"online_select: starting fresh; removing {len(old)} checkpoint(s) of an earlier run in {ckpt_root}")
+        accelerator.print(f"online_select: starting fresh; removing {len(old)} earlier checkpoint(s) in {ckpt_root}")
         for path in old:
             shutil.rmtree(path)
 

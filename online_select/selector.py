@@ -91,7 +91,7 @@ class SelectedBatch:
         return None if self.ids is None else self.ids[self.indices]
 
     def weighted_mean(self, losses: torch.Tensor) -> torch.Tensor:
-        """``mean(weights * losses)``, the loss to backpropagate."""
+        """``mean(weights * losses)`` over these samples (:meth:`OnlineSelector.observe`'s loss in one process)."""
         return (self.weights.to(losses.device, losses.dtype) * losses).mean()
 
     def selected_rows(self, per_candidate: torch.Tensor | None) -> torch.Tensor | None:
@@ -108,7 +108,7 @@ class _StepView:
     losses: torch.Tensor
     weights: torch.Tensor
     explored: torch.Tensor
-    scores: torch.Tensor
+    selected_scores: torch.Tensor
     ids: torch.Tensor | None
     features: torch.Tensor | None
     predicted: torch.Tensor | None
@@ -482,7 +482,7 @@ class OnlineSelector:
             losses=observed,
             weights=selected.weights,
             explored=selected.explored,
-            scores=selected.scores[selected.indices],
+            selected_scores=selected.scores[selected.indices],
             ids=selected.selected_ids,
             features=selected.selected_rows(selected.features),
             predicted=selected.selected_rows(selected.predicted_loss),
@@ -542,7 +542,7 @@ class OnlineSelector:
             losses=rows[:, 1].float(),
             weights=rows[:, 2].float(),
             explored=rows[:, 3].bool(),
-            scores=rows[:, 5].float(),
+            selected_scores=rows[:, 5].float(),
             ids=rows[:, 4].long() if ids is not None else None,
             features=rows[:, width:].to(features.dtype) if features is not None else None,
             predicted=rows[:, 6].float() if predicted is not None else None,
@@ -560,7 +560,7 @@ class OnlineSelector:
                 "update_s": update_s,
                 "explored_predicted": None if view.predicted is None else view.predicted[explored],
                 "explored_observed": view.losses[explored],
-                "selected_score": view.scores.mean().item(),
+                "selected_score": view.selected_scores.mean().item(),
                 "candidate_score": view.candidate_score,
             }
         )

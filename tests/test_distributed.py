@@ -57,7 +57,9 @@ def test_quotas_and_keep_counts():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 4).flatmap(lambda w: st.tuples(st.just(w), st.lists(st.integers(0, w - 1), min_size=w, max_size=40))))
+@given(
+    st.integers(1, 4).flatmap(lambda w: st.tuples(st.just(w), st.lists(st.integers(0, w - 1), min_size=w, max_size=40)))
+)
 def test_assign_trainers_meets_quotas_and_moves_the_fewest_samples(case):
     world, owners = case
     owners = torch.tensor(owners)
@@ -123,17 +125,32 @@ def _configs():
 
     return {
         "learnability": lambda keep, mode: OnlineSelector(
-            "predicted_learnability", keep=keep, scorer=Scorer(), reference=table(), label_floor=0.1,
-            explore=0.25, warmup_steps=2, distributed=mode,
+            "predicted_learnability",
+            keep=keep,
+            scorer=Scorer(),
+            reference=table(),
+            label_floor=0.1,
+            explore=0.25,
+            warmup_steps=2,
+            distributed=mode,
         ),
         "uniform": lambda keep, mode: OnlineSelector("uniform", keep=keep, distributed=mode),
         "sampled": lambda keep, mode: OnlineSelector(
-            "predicted_loss", keep=keep, scorer=Scorer(), rule="sample", importance_weights=True,
-            temperature=0.5, explore=0.125, distributed=mode,
+            "predicted_loss",
+            keep=keep,
+            scorer=Scorer(),
+            rule="sample",
+            importance_weights=True,
+            temperature=0.5,
+            explore=0.125,
+            distributed=mode,
         ),
         "scorer_model": lambda keep, mode: OnlineSelector(
-            "predicted_loss", keep=keep, scorer=Scorer(torch.nn.Linear(3, 4), use_memory=False),
-            explore=0.25, distributed=mode,
+            "predicted_loss",
+            keep=keep,
+            scorer=Scorer(torch.nn.Linear(3, 4), use_memory=False),
+            explore=0.25,
+            distributed=mode,
         ),
     }
 
@@ -165,7 +182,9 @@ def _run_selector(make, keep, mode, world, rank):
         loss = selector.observe(selected, losses)
         loss.backward()
         record = {key: value.tolist() for key, value in selector.last_step.items() if value is not None}
-        record.update(k=selected.k, loss=float(loss.detach()), grad=losses.grad.tolist(), mine=selected.batch["id"].tolist())
+        record.update(
+            k=selected.k, loss=float(loss.detach()), grad=losses.grad.tolist(), mine=selected.batch["id"].tolist()
+        )
         steps.append(record)
     return selector, steps
 
@@ -179,7 +198,10 @@ def _selector_worker(out):
             selector, steps = _run_selector(make, 4, mode, 2, rank)
             selector.check_synchronized()
             state = selector.state_dict()
-            torch.save({k: v for k, v in state.items() if k not in ("generator", "window")}, Path(out) / f"{name}-{mode}-{rank}.pt")
+            torch.save(
+                {k: v for k, v in state.items() if k not in ("generator", "window")},
+                Path(out) / f"{name}-{mode}-{rank}.pt",
+            )
             results[f"{name}-{mode}"] = steps
     # Batches whose fields differ between processes cannot be exchanged: every process says so.
     batch = _candidates(0, 2, rank)
@@ -228,7 +250,9 @@ def _assert_same_state(a, b):
 
 def test_rows_gather_across_processes_past_the_bound(two_process_selection):
     _, ranks = two_process_selection
-    expected = [(torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2) + 100 * r).tolist() for r, n in ((0, 3), (1, 8))]
+    expected = [
+        (torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2) + 100 * r).tolist() for r, n in ((0, 3), (1, 8))
+    ]
     for rank in (0, 1):
         assert ranks[rank]["rows"] == {"headers": [[0.0], [1.0]], "parts": expected}
 
@@ -339,11 +363,20 @@ def _loop_worker(folder, out):
     from online_select.loop import train
 
     for mode in ("global", "local"):
-        train(load_config(RECIPE, _loop_args(folder, f"{out}/{mode}-whole", "train.max_steps=8", f"selection.distributed={mode}")))
+        train(
+            load_config(
+                RECIPE, _loop_args(folder, f"{out}/{mode}-whole", "train.max_steps=8", f"selection.distributed={mode}")
+            )
+        )
     # Stopped at step 4 (the LR warmup does not depend on max_steps), then resumed to step 8.
     resumed = f"{out}/global-resumed"
     train(load_config(RECIPE, _loop_args(folder, resumed, "train.max_steps=4", "selection.distributed=global")))
-    train(load_config(RECIPE, _loop_args(folder, resumed, "train.max_steps=8", "train.resume=auto", "selection.distributed=global")))
+    train(
+        load_config(
+            RECIPE,
+            _loop_args(folder, resumed, "train.max_steps=8", "train.resume=auto", "selection.distributed=global"),
+        )
+    )
     faulthandler.cancel_dump_traceback_later()
 
 
@@ -368,8 +401,14 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
     whole, resumed = tmp_path / "global-whole", tmp_path / "global-resumed"
     assert (resumed / "selection_trace.jsonl").read_text() == (whole / "selection_trace.jsonl").read_text()
     clock_free = [
-        [{k: v for k, v in json.loads(line).items() if k != "wall_s" and not k.startswith("time/") and not k.endswith(("_ms", "_seconds"))}
-         for line in (run / "metrics.jsonl").read_text().splitlines()]
+        [
+            {
+                k: v
+                for k, v in json.loads(line).items()
+                if k != "wall_s" and not k.startswith("time/") and not k.endswith(("_ms", "_seconds"))
+            }
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
         for run in (whole, resumed)
     ]
     assert clock_free[0] == clock_free[1]
@@ -394,20 +433,50 @@ def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, 
 
     from online_select.cli import main
 
-    args = ["train", str(RECIPE), *_loop_args(tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global")]
+    args = [
+        "train",
+        str(RECIPE),
+        *_loop_args(tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global"),
+    ]
     port = str(_free_port())
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([*command, "-m", "online_select", *args], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*command, "-m", "online_select", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("online_select: finished") == 1
-    one = ["train", str(RECIPE), *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6"),
-           "selection.candidate_batch_size=64", "selection.keep=16"]
+    one = [
+        "train",
+        str(RECIPE),
+        *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6"),
+        "selection.candidate_batch_size=64",
+        "selection.keep=16",
+    ]
     assert main(one) == 0
-    two, one = ([json.loads(line) for line in (tmp_path / run / "selection_trace.jsonl").read_text().splitlines()] for run in ("two", "one"))
-    assert [(line["ids"], line["weights"], line["explored"]) for line in two] == [(line["ids"], line["weights"], line["explored"]) for line in one]
+    two, one = (
+        [json.loads(line) for line in (tmp_path / run / "selection_trace.jsonl").read_text().splitlines()]
+        for run in ("two", "one")
+    )
+    assert [(line["ids"], line["weights"], line["explored"]) for line in two] == [
+        (line["ids"], line["weights"], line["explored"]) for line in one
+    ]
     assert read_meta(tmp_path / "two" / "checkpoints" / "step-00000006")["world_size"] == 2

@@ -75,9 +75,15 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_
 
     kill_at = random.Random().randint(9, MAX_STEPS - 8)
     crashed = tmp_path / "crashed"
-    run = subprocess.Popen(_command(*_args(tiny_idx_folder, crashed)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        _command(*_args(tiny_idx_folder, crashed)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 600
-    while _trace_length(crashed / "selection_trace.jsonl") < kill_at and run.poll() is None and time.monotonic() < deadline:
+    while (
+        _trace_length(crashed / "selection_trace.jsonl") < kill_at
+        and run.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.005)
     assert run.poll() is None, f"the run ended before step {kill_at}: {run.stderr.read().decode()[-2000:]}"
     run.send_signal(signal.SIGKILL)
@@ -86,7 +92,11 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_
     killed_after = _trace_length(crashed / "selection_trace.jsonl")
 
     resumed = subprocess.run(
-        _command(*_args(tiny_idx_folder, crashed, "train.resume=auto")), env=_env(), capture_output=True, text=True, timeout=600
+        _command(*_args(tiny_idx_folder, crashed, "train.resume=auto")),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     found = re.search(r"resumed from (\S+) \(step (\d+)\)", resumed.stdout)
