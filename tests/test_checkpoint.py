@@ -71,3 +71,39 @@ def test_unsafe_pickle_is_refused(tmp_path):
     _replace_file(path, "state.pt", (path / "evil.pt").read_bytes())
     with pytest.raises(CheckpointError, match="unsafe"):
         load_checkpoint(path)
+
+
+def test_register_selector_rides_along_in_accelerate_save_state(tmp_path):
+    from accelerate import Accelerator
+
+    from online_select import OnlineSelector, ReferenceTable, Scorer
+    from online_select.checkpoint import register_selector
+
+    def make():
+        return OnlineSelector("predicted_loss", keep=4, scorer=Scorer(), reference=ReferenceTable(torch.rand(100)))
+
+    accelerator = Accelerator(cpu=True)
+    selector = make()
+    register_selector(accelerator, selector)
+    for step in range(3):
+        selected = selector.select({"x": torch.randn(16, 2), "id": torch.arange(16) + 16 * step})
+        selector.observe(selected, torch.rand(4))
+    accelerator.save_state(str(tmp_path / "state"))
+    expected = [selector.select({"x": torch.randn(16, 2), "id": torch.arange(16)}).indices for _ in range(2)]
+
+    restored = make()
+    other = Accelerator(cpu=True)
+    register_selector(other, restored)
+    other.load_state(str(tmp_path / "state"))
+    assert restored.step == 3 and restored.scorer.updates == 3
+    assert [restored.select({"x": torch.randn(16, 2), "id": torch.arange(16)}).indices.tolist() for _ in range(2)] == [
+        e.tolist() for e in expected
+    ]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"selector": Evil()}, tmp_path / "state" / "online_select_selector_state.pt")
+    with pytest.raises(CheckpointError, match="corrupt or unsafe"):
+        other.load_state(str(tmp_path / "state"))
