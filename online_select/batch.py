@@ -8,13 +8,13 @@ values: they are kept as they are when a batch is sliced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["BatchError", "batch_size", "take", "per_sample_fields"]
+__all__ = ["BatchError", "batch_size", "take", "per_sample_fields", "map_fields"]
 
 
 class BatchError(ValueError):
@@ -111,6 +111,29 @@ def _take(batch: Any, indices: torch.Tensor, index_list: list[int] | None) -> An
             values = [_take(v, indices, index_list) for v in batch]
         else:
             values = [batch[i] for i in index_list]
+        if hasattr(batch, "_fields"):  # namedtuple
+            return type(batch)(*values)
+        return type(batch)(values)
+    return batch
+
+
+def map_fields(batch: Any, fn: Callable[[str, Any], Any], path: str = "batch") -> Any:
+    """Rebuild ``batch`` with ``fn(path, field)`` in place of each per-sample field.
+
+    Fields are visited in the order of :func:`per_sample_fields`; batch-level values are kept.
+    """
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        return batch if batch.ndim == 0 else fn(path, batch)
+    if isinstance(batch, Mapping):
+        items = {}
+        for key, value in batch.items():
+            sub = f"{path}[{key!r}]"
+            items[key] = fn(sub, value) if isinstance(value, list) else map_fields(value, fn, sub)
+        return _rebuild_mapping(batch, items)
+    if isinstance(batch, (tuple, list)):
+        if not _is_field_container(batch):
+            return fn(path, batch)
+        values = [map_fields(value, fn, f"{path}[{i}]") for i, value in enumerate(batch)]
         if hasattr(batch, "_fields"):  # namedtuple
             return type(batch)(*values)
         return type(batch)(values)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .distributed import is_main_process
 
 __all__ = ["run_bench", "read_metrics", "summarise_run", "RunSummary", "bench_table", "plot_runs"]
 
@@ -201,7 +202,8 @@ def run_bench(
     runs: dict[str, list[RunSummary]] = {p: [] for p in policies}
     for seed in range(seeds):
         for policy in policies:
-            print(f"bench: {policy} seed {seed}", flush=True)
+            if is_main_process():
+                print(f"bench: {policy} seed {seed}", flush=True)
             runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, smooth))
     table = bench_table(runs)
     k = config.selection.keep
@@ -213,6 +215,8 @@ def run_bench(
     report = heading + table
     if sweep_ratios:
         report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, smooth)
+    if not is_main_process():  # under accelerate launch / torchrun every process ran; one reports
+        return runs
     (out / "bench.md").write_text(report)
     (out / "bench.json").write_text(
         json.dumps({p: [r.__dict__ for r in rs] for p, rs in runs.items()}, default=str, indent=1)

@@ -12,11 +12,12 @@ __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .loop import train
 
     config = load_config(args.recipe, args.overrides)
     final = train(config)
-    if final:
+    if final and is_main_process():
         shown = {k: v for k, v in final.items() if k in ("step", "wall_s", "eval/accuracy", "eval/loss")}
         print(f"online_select: finished {config.output_dir}: {shown}")
     return 0
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"online-select: config error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        from .distributed import end_process_group
+
+        end_process_group()
 
 
 if __name__ == "__main__":

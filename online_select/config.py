@@ -103,7 +103,7 @@ class SelectionConfig:
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0
     on_nonfinite: str = "raise"
-    distributed: str = "local"
+    distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
 
 
 @dataclass
@@ -140,6 +140,7 @@ class LoggingConfig:
     table_every: int = 1000  # most-selected/-rejected tables at eval steps every N steps (0: never)
     table_rows: int = 16
     histogram_bins: int = 30
+    trace: bool = False  # write selection_trace.jsonl: every step's selected ids, weights, exploration flags, losses
 
 
 @dataclass

@@ -122,17 +122,35 @@ class TensorLoader:
     Each epoch is a fresh permutation from ``(seed, epoch)``; a short final batch is dropped so every
     candidate batch has exactly ``size`` samples. ``state_dict`` is the ``(epoch, position)``, so a
     resumed run continues with the very same batches.
+
+    Across ``world_size`` processes each step takes the next ``size * world_size`` samples of the
+    permutation and process ``rank`` gets its ``rank``-th slice of ``size``: the processes together
+    see exactly the batches one process with ``size * world_size`` would, split in rank order.
     """
 
-    def __init__(self, fields: dict[str, torch.Tensor], size: int, seed: int, ids: torch.Tensor | None = None):
+    def __init__(
+        self,
+        fields: dict[str, torch.Tensor],
+        size: int,
+        seed: int,
+        ids: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         lengths = {k: len(v) for k, v in fields.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"fields have different lengths: {lengths}")
         self.fields = fields
         self.n = next(iter(lengths.values()))
-        if size <= 0 or size > self.n:
-            raise DataError(f"batch size {size} must be between 1 and the dataset size {self.n}")
+        if size <= 0 or size * world_size > self.n:
+            raise DataError(
+                f"batch size {size} on each of {world_size} process(es) must be between 1 and the dataset size {self.n}"
+            )
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside [0, {world_size})")
         self.size = size
+        self.rank = rank
+        self.world_size = world_size
         self.seed = seed
         self.ids = ids if ids is not None else torch.arange(self.n)
         self.epoch = 0
@@ -146,24 +164,33 @@ class TensorLoader:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        if self.position + self.size > self.n:
+        stride = self.size * self.world_size
+        if self.position + stride > self.n:
             self.epoch += 1
             self.position = 0
             self._order = self._permutation(self.epoch)
-        rows = self._order[self.position : self.position + self.size]
-        self.position += self.size
+        start = self.position + self.rank * self.size
+        rows = self._order[start : start + self.size]
+        self.position += stride
         batch = {key: value[rows] for key, value in self.fields.items()}
         batch["id"] = self.ids[rows]
         return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "size": self.size,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["size"] != self.size or state["seed"] != self.seed:
+        saved = (state["size"], state["seed"], state.get("world_size", 1))
+        if saved != (self.size, self.seed, self.world_size):
             raise DataError(
-                f"loader state is for batch size {state['size']} and seed {state['seed']}, "
-                f"not {self.size} and {self.seed}"
+                f"loader state is for batch size {saved[0]}, seed {saved[1]} and {saved[2]} process(es), "
+                f"not {self.size}, {self.seed} and {self.world_size}"
             )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

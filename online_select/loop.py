@@ -6,16 +6,26 @@ object per line: train lines every ``logging.log_every`` steps, eval lines every
 numbers to Accelerate trackers (W&B offline unless ``logging.wandb_mode=online``).
 
 ``wall_s`` counts training time from the start of the run, selection and reference building
-included, evaluation and checkpointing excluded.
+included, evaluation and checkpointing excluded. With ``logging.trace=true`` it also writes
+``output_dir/selection_trace.jsonl``: every step's selected sample ids, loss weights, exploration
+flags and observed losses (all processes' samples).
+
+Under ``accelerate launch`` or ``torchrun`` every process runs this loop on its own shard of each
+candidate batch (``selection.candidate_batch_size`` and ``selection.keep`` are per process); counts
+and timings are reduced across processes before logging, and only the main process writes files.
+A checkpoint is ``accelerator.save_state`` (model, optimizer, scheduler, per-process RNG) plus the
+selector, the data position, the training clock and the tallies since the last eval, so a resumed
+run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
-import random
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +35,17 @@ from typing import Any
 import torch
 import yaml
 
-from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    GeneratorState,
+    ProcessRNG,
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_accelerator_checkpoint,
+    register_state,
+    save_accelerator_checkpoint,
+)
 from .config import Config, config_to_dict
+from .distributed import ProcessGroup
 from .reference import ReferenceTable
 from .scorer import Scorer
 from .selector import OnlineSelector
@@ -95,6 +114,7 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
         on_nonfinite=sel.on_nonfinite,
         id_key="id",
         seed=config.seed,
+        distributed=sel.distributed,
     )
     return selector, report
 
@@ -107,15 +127,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
 class _Clock:
@@ -136,7 +147,9 @@ class _Clock:
 
 
 class _Tally:
-    """Counts over the selected samples between two eval lines."""
+    """Counts over the selected samples between two eval lines (this process's share)."""
+
+    TIMES = ("load", "select", "large", "observe")
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -148,49 +161,131 @@ class _Tally:
         self.candidates = 0
         self.candidates_noisy = 0
         self.class_counts = torch.zeros(max(self.num_classes, 1), dtype=torch.long)
-        self.time = {"load": 0.0, "select": 0.0, "large": 0.0, "observe": 0.0}
+        self.time = dict.fromkeys(self.TIMES, 0.0)
         self.steps = 0
 
-    def add(self, candidate: dict, indices: torch.Tensor, noise_key: str | None, label_key: str | None) -> None:
-        self.selected += indices.numel()
+    def add(self, candidate: dict, selected: dict, noise_key: str | None, label_key: str | None) -> None:
+        self.selected += len(selected["id"])
         self.candidates += len(candidate["id"])
         if noise_key and noise_key in candidate:
-            noisy = candidate[noise_key]
-            self.selected_noisy += int(noisy[indices].sum())
-            self.candidates_noisy += int(noisy.sum())
+            self.selected_noisy += int(selected[noise_key].sum())
+            self.candidates_noisy += int(candidate[noise_key].sum())
         if label_key and label_key in candidate and self.num_classes:
-            self.class_counts += torch.bincount(candidate[label_key][indices].cpu(), minlength=self.num_classes)[: self.num_classes]
+            counts = torch.bincount(selected[label_key].cpu(), minlength=self.num_classes)
+            self.class_counts += counts[: self.num_classes]
 
-    def summary(self) -> dict[str, float]:
+    def _vector(self) -> torch.Tensor:
+        counts = [self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps]
+        times = [self.time[name] for name in self.TIMES]
+        return torch.cat([torch.tensor(counts + times, dtype=torch.float64), self.class_counts.double()])
+
+    def _from_vector(self, vector: torch.Tensor) -> None:
+        values = vector.tolist()
+        counts = [int(v) for v in values[:5]]
+        self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps = counts
+        self.time = dict(zip(self.TIMES, values[5:9]))
+        self.class_counts = vector[9:].round().long()
+
+    def state_dict(self) -> dict:
+        return {"vector": self._vector()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._from_vector(state["vector"])
+
+    def summary(self, accelerator: Any) -> dict[str, float]:
+        """Counts summed over processes; times are per process (the mean over processes)."""
+        total = _Tally(self.num_classes)
+        total._from_vector(accelerator.reduce(self._vector().to(accelerator.device), "sum").cpu())
+        total.time = {name: seconds / accelerator.num_processes for name, seconds in total.time.items()}
+        total.steps //= accelerator.num_processes
         out: dict[str, float] = {}
-        if self.selected:
-            out["selection/noisy_share"] = self.selected_noisy / self.selected
-            out["selection/base_noisy_share"] = self.candidates_noisy / max(self.candidates, 1)
-            if self.num_classes:
-                share = self.class_counts.float() / self.class_counts.sum().clamp_min(1)
+        if total.selected:
+            out["selection/noisy_share"] = total.selected_noisy / total.selected
+            out["selection/base_noisy_share"] = total.candidates_noisy / max(total.candidates, 1)
+            if total.num_classes:
+                share = total.class_counts.float() / total.class_counts.sum().clamp_min(1)
                 out["selection/class_share_max"] = float(share.max())
                 out["selection/class_share_min"] = float(share.min())
-        if self.steps:
-            for name, seconds in self.time.items():
-                out[f"time/{name}_ms"] = 1000 * seconds / self.steps
-            large = self.time["large"]
-            out["time/overhead_pct"] = 100 * (self.time["select"] + self.time["observe"]) / large if large else 0.0
+        if total.steps:
+            for name, seconds in total.time.items():
+                out[f"time/{name}_ms"] = 1000 * seconds / total.steps
+            large = total.time["large"]
+            out["time/overhead_pct"] = 100 * (total.time["select"] + total.time["observe"]) / large if large else 0.0
         return out
 
 
+class _RunState:
+    """What the loop itself carries across a resume: the training clock and the tally since the last eval."""
+
+    def __init__(self, clock: _Clock, tally: _Tally) -> None:
+        self.clock = clock
+        self.tally = tally
+
+    def state_dict(self) -> dict:
+        return {"wall_s": self.clock.offset, "tally": self.tally.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.clock.offset = float(state["wall_s"])
+        self.tally.load_state_dict(state["tally"])
+
+
+def _multi_process_without_accelerator() -> bool:
+    """A multi-process launch on a machine with no GPU (or other accelerator): Accelerate sets such a
+    run up as multi-process CPU only when told to use the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    accelerator_api = getattr(torch, "accelerator", None)
+    return not (accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available())
+
+
+def _train_loader(task: Task, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
+    if world_size == 1:
+        return task.train_loader(batch_size, seed)
+    params = inspect.signature(task.train_loader).parameters
+    if not {"rank", "world_size"} <= set(params):
+        raise TypeError(
+            f"{type(task).__name__}.train_loader(batch_size, seed) cannot shard data over {world_size} processes: "
+            "add rank and world_size parameters and give each process its own shard"
+        )
+    return task.train_loader(batch_size, seed, rank=rank, world_size=world_size)
+
+
+def _resume_target(resume: str, ckpt_root: Path) -> Path | None:
+    if resume == "auto":
+        return find_latest_checkpoint(ckpt_root)
+    return Path(resume) if resume else None
+
+
 def train(config: Config, task: Task | None = None) -> dict[str, Any]:
-    """Run a recipe end to end; returns the final eval line."""
+    """Run a recipe end to end; returns the final eval line.
+
+    Launched with ``accelerate launch`` or ``torchrun``, every process runs it (see the module docs).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
     out_dir = Path(config.output_dir)
     trackers = [t for t in config.logging.trackers if t and t != "none"]
     if "wandb" in trackers:
         os.environ.setdefault("WANDB_MODE", config.logging.wandb_mode)
         os.environ.setdefault("WANDB_DIR", str(out_dir))
-    accelerator = Accelerator(cpu=config.train.cpu, log_with=trackers or None, project_dir=str(out_dir))
+    # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
+    # prepared scheduler once per process, assuming an epoch-based schedule).
+    accelerator = Accelerator(
+        cpu=config.train.cpu or _multi_process_without_accelerator(),
+        log_with=trackers or None,
+        project_dir=str(out_dir),
+        step_scheduler_with_optimizer=False,
+    )
+    if config.train.threads:  # after the Accelerator, which sets its own count on multi-process CPU runs
+        torch.set_num_threads(config.train.threads)
+    group = ProcessGroup.current()
+    if (group.world_size if group else 1) != accelerator.num_processes:
+        raise RuntimeError(
+            f"torch.distributed has {group.world_size if group else 1} process(es) but Accelerate thinks it runs "
+            f"{accelerator.num_processes}: start the run with `accelerate launch` or `torchrun`, and create no "
+            "Accelerator before the process group is up"
+        )
     set_seed(config.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,41 +322,44 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         selector.reference.save(out_dir / "reference.safetensors")
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
-    loader = task.train_loader(k if uniform else sel_cfg.candidate_batch_size, config.seed)
+    size = k if uniform else sel_cfg.candidate_batch_size
+    loader = _train_loader(task, size, config.seed, accelerator.process_index, accelerator.num_processes)
 
+    # The clock starts with the time spent building the reference and scorer (counted as training).
+    clock = _Clock(offset=build_s)
+    tally = _Tally(task.num_classes)
+    shared_state = {"selector": selector, "loader": loader, "run": _RunState(clock, tally)}
+    if telemetry is not None:
+        shared_state["telemetry"] = telemetry
+    register_state(
+        accelerator,
+        shared_state,
+        {"rng": ProcessRNG(), "selector_generator": GeneratorState(selector.generator)},
+    )
     start_step = 0
     ckpt_root = out_dir / "checkpoints"
-    resume_from = None
-    if config.train.resume == "auto":
-        resume_from = find_latest_checkpoint(ckpt_root)
-    elif config.train.resume:
-        resume_from = Path(config.train.resume)
-    if resume_from is not None:
-        state, model_state, start_step = load_checkpoint(resume_from)
-        accelerator.unwrap_model(model).load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        selector.load_state_dict(state["selector"])
-        loader.load_state_dict(state["loader"])
-        _set_rng_state(state["rng"])
-        if telemetry is not None and "telemetry" in state:
-            telemetry.load_state_dict(state["telemetry"])
-        build_s = float(state["wall_s"])
-        accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
     metrics_path = out_dir / "metrics.jsonl"
+    trace_path = out_dir / "selection_trace.jsonl"
     tables_path = out_dir / "selection_tables.jsonl"
+    resume_from = _resume_target(config.train.resume, ckpt_root)
+    if resume_from is not None:
+        start_step = int(load_accelerator_checkpoint(accelerator, resume_from)["step"])
+        accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
+    elif config.train.resume == "auto":
+        accelerator.print(f"online_select: no complete checkpoint in {ckpt_root}; starting from step 0")
     if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start_step)
-        _truncate_metrics(tables_path, start_step)
+        for path in (metrics_path, trace_path, tables_path):
+            _truncate_jsonl(path, start_step)
+        if start_step == 0:
+            _discard_earlier_run(ckpt_root, accelerator)
+    accelerator.wait_for_everyone()
+    clock.resume()
     if trackers:
         init_kwargs = {"wandb": {"dir": str(out_dir), "mode": config.logging.wandb_mode}}
         if config.logging.run_name:
             init_kwargs["wandb"]["name"] = config.logging.run_name
         accelerator.init_trackers(config.logging.project, config=_flat(config_to_dict(config)), init_kwargs=init_kwargs)
 
-    # The clock starts with the time spent building the reference and scorer (counted as training).
-    clock = _Clock(offset=build_s)
-    tally = _Tally(task.num_classes)
     last_eval: dict[str, Any] = {}
 
     def write(line: dict[str, Any]) -> None:
@@ -274,7 +372,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         clock.pause()
         line = {"step": step, "wall_s": round(clock.offset, 4), "samples_seen": selector.samples_seen}
         line.update(task.evaluate(accelerator.unwrap_model(model), device))
-        line.update(tally.summary())
+        line.update(tally.summary(accelerator))
         line.update(selector.stats())
         line.update({k: v for k, v in reference_report.items()})
         line["sys/peak_rss_mb"] = _peak_rss_mb()
@@ -288,21 +386,17 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         clock.resume()
         return line
 
+    def trace(step: int) -> None:
+        if accelerator.is_main_process:
+            record = {key: value.tolist() for key, value in selector.last_step.items() if value is not None}
+            with open(trace_path, "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+
     def checkpoint(step: int) -> None:
         clock.pause()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "selector": selector.state_dict(),
-                "loader": loader.state_dict(),
-                "rng": _rng_state(),
-                "wall_s": clock.offset,
-            }
-            if telemetry is not None:
-                state["telemetry"] = telemetry.state_dict()
-            save_checkpoint(ckpt_root, step, state, accelerator.unwrap_model(model).state_dict(), config.train.keep_checkpoints)
+        selector.check_synchronized()
+        meta = {"distributed": sel_cfg.distributed, "policy": sel_cfg.policy}
+        save_accelerator_checkpoint(accelerator, ckpt_root, step, config.train.keep_checkpoints, meta)
         clock.resume()
 
     if start_step == 0 and config.train.eval_every:
@@ -326,7 +420,6 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         t2 = time.perf_counter()
         losses = task.loss(model, _to_device(selected.batch, device))
         loss = selector.observe(selected, losses)
-        t3 = time.perf_counter()
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
@@ -338,14 +431,17 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         tally.time["observe"] += observe_s
         tally.time["large"] += (t4 - t2) - observe_s
         tally.steps += 1
-        tally.add(candidate, selected.indices, task.noise_key, task.label_key)
+        tally.add(candidate, selected.batch, task.noise_key, task.label_key)
         if telemetry is not None:
             split = {"load": t1 - t0, "select": select_s, "large": (t4 - t2) - observe_s, "observe": observe_s}
             telemetry.record_step(candidate, selected, split)
+        if config.logging.trace:
+            trace(step)
         if progress is not None:
             progress.update(1)
         if config.logging.log_every and step % config.logging.log_every == 0:
-            line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(loss.detach())}
+            train_loss = accelerator.reduce(loss.detach(), "mean")
+            line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(train_loss)}
             line["train/lr"] = scheduler.get_last_lr()[0]
             line.update(selector.stats())
             if telemetry is not None:
@@ -361,7 +457,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             checkpoint(step)
     if progress is not None:
         progress.close()
-    accelerator.end_training()
+    # Trackers end here; the process group stays up for whoever launched this (the CLI ends it), so
+    # train() can run again in the same processes (e.g. `online-select bench` under torchrun).
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()
     return last_eval
 
 
@@ -371,15 +471,34 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines written after the checkpoint's step (they will be written again)."""
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """On resume keep only lines up to the checkpoint's step (later ones will be written again); on a
+    fresh start remove the file. Rewritten atomically; a line torn by a crash mid-write is dropped."""
     if not path.exists():
         return
     if step == 0:
         path.unlink()
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _discard_earlier_run(ckpt_root: Path, accelerator: Any) -> None:
+    """A fresh run in an output_dir that holds checkpoints replaces them (they would mix with its own)."""
+    old = list_checkpoints(ckpt_root)
+    if old:
+        accelerator.print(f"online_select: starting fresh; removing {len(old)} earlier checkpoint(s) in {ckpt_root}")
+        for path in old:
+            shutil.rmtree(path)
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

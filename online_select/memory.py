@@ -66,9 +66,18 @@ class LossMemory:
     def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(last_loss, last_step, count)`` for ``ids``; unseen ids give NaN, 0, 0."""
         ids = check_ids(ids, ids.numel())
-        if ids.numel():
-            self._grow(int(ids.max()))
-        return self.last_loss[ids], self.last_step[ids], self.count[ids]
+        size = self.last_loss.numel()
+        if ids.numel() == 0 or int(ids.max()) < size:
+            return self.last_loss[ids], self.last_step[ids], self.count[ids]
+        # Ids beyond the storage were never seen; looking up must not grow (and so change) the state.
+        known = ids < size
+        loss = torch.full((ids.numel(),), float("nan"))
+        step = torch.zeros(ids.numel(), dtype=torch.long)
+        count = torch.zeros(ids.numel(), dtype=torch.long)
+        loss[known] = self.last_loss[ids[known]]
+        step[known] = self.last_step[ids[known]]
+        count[known] = self.count[ids[known]]
+        return loss, step, count
 
     def mean_loss(self) -> float:
         """Mean of the recorded losses (NaN when nothing was recorded)."""

@@ -17,9 +17,23 @@ from typing import Any
 import torch
 
 from .batch import batch_size, take
+from .distributed import (
+    MODES,
+    DistributedSelectionError,
+    ProcessGroup,
+    assign_trainers,
+    describe_fields,
+    even_quotas,
+    exchange_selected,
+    field_specs,
+    fields_signature,
+    gather_batches,
+    global_keep,
+    local_keep,
+)
 from .losses import NonFiniteLossError, check_per_sample_loss, get_field
 from .memory import check_ids
-from .policies import Policy, Signals, get_policy
+from .policies import SIGNALS, Policy, Signals, get_policy
 from .reference import Reference
 from .rules import RULES, Selection, resolve_keep, select
 from .scorer import Scorer
@@ -47,6 +61,11 @@ class SelectedBatch:
     ``batch`` has the structure of the candidate batch with only the selected samples; ``indices``
     are their positions in the candidate batch; ``weights`` multiply the per-sample losses;
     ``explored`` marks uniformly random exploration picks; ``scores`` are all B candidates' scores.
+
+    With ``distributed="global"`` across processes, ``selection_order`` holds the positions of this
+    process's samples in the global selection; ``indices``, ``scores``, ``ids`` and
+    ``candidate_batch_size`` then refer to the candidates of all processes concatenated in rank order,
+    and ``features``/``predicted_loss``/``reference_loss`` to this process's selected samples only.
     """
 
     batch: Any
@@ -62,6 +81,7 @@ class SelectedBatch:
     reference_loss: torch.Tensor | None = field(default=None, repr=False)
     eligible: torch.Tensor | None = field(default=None, repr=False)
     timings: dict = field(default_factory=dict)
+    selection_order: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def k(self) -> int:
@@ -72,8 +92,37 @@ class SelectedBatch:
         return None if self.ids is None else self.ids[self.indices]
 
     def weighted_mean(self, losses: torch.Tensor) -> torch.Tensor:
-        """``mean(weights * losses)``, the loss to backpropagate."""
+        """``mean(weights * losses)`` over these samples (:meth:`OnlineSelector.observe`'s loss in one process)."""
         return (self.weights.to(losses.device, losses.dtype) * losses).mean()
+
+    def selected_rows(self, per_candidate: torch.Tensor | None) -> torch.Tensor | None:
+        """The rows of a per-candidate tensor (``features``, ``predicted_loss``...) for the selected samples."""
+        if per_candidate is None or self.selection_order is not None:
+            return per_candidate
+        return per_candidate[self.indices]
+
+
+@dataclass
+class _StepView:
+    """One step's selected samples and observed losses, across all processes when there are several."""
+
+    losses: torch.Tensor
+    weights: torch.Tensor
+    explored: torch.Tensor
+    selected_scores: torch.Tensor
+    ids: torch.Tensor | None
+    features: torch.Tensor | None
+    predicted: torch.Tensor | None
+    candidates: int
+    candidate_score: float
+    select_s: float
+    batch: Any = None
+    eligible: int = 0
+
+
+def _count(mask: torch.Tensor | None, total: int) -> int:
+    """How many candidates an eligibility mask admits (``None`` admits all)."""
+    return total if mask is None else int(mask.sum())
 
 
 class ProxyModel:
@@ -128,6 +177,10 @@ class OnlineSelector:
             count them in ``stats()["nonfinite_losses"]``.
         id_key: the batch field holding sample ids when ``ids`` is not passed to :meth:`select`.
         seed: seeds the selector's own random generator (exploration and sampling).
+        distributed: how to select when several processes train together (``accelerate launch``,
+            ``torchrun``): ``"local"`` (each picks from its own candidates) or ``"global"`` (the global
+            top-k of all processes' candidates; see :mod:`online_select.distributed`). ``keep`` is per
+            process either way. Ignored in a single process.
     """
 
     def __init__(
@@ -149,6 +202,7 @@ class OnlineSelector:
         id_key: str | int | None = None,
         seed: int = 0,
         stats_window: int = 50,
+        distributed: str = "local",
     ) -> None:
         self.policy = get_policy(policy)
         resolve_keep(keep, max(keep, 1) if isinstance(keep, int) else 1)
@@ -160,6 +214,8 @@ class OnlineSelector:
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if not 0.0 <= explore <= 1.0:
             raise ValueError(f"explore must be in [0, 1], got {explore}")
+        if distributed not in MODES:
+            raise ValueError(f"distributed must be one of {MODES}, got {distributed!r}")
         missing = []
         if self.policy.needs_scorer and scorer is None:
             missing.append("scorer=Scorer(...)")
@@ -184,7 +240,16 @@ class OnlineSelector:
         self.warmup_steps = warmup_steps
         self.on_nonfinite = on_nonfinite
         self.id_key = id_key
+        self.distributed = distributed
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self.last_step: dict[str, torch.Tensor | None] = {}
+        self._group: ProcessGroup | None = None
+        self._group_bound = False
+        self._state_loaded = False
+        # The largest per-process row counts gathered so far (the same on every process): with a
+        # bound, a gather needs one collective instead of two.
+        self._row_bounds: dict[str, int] = {}
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_losses = 0
@@ -212,12 +277,39 @@ class OnlineSelector:
             return None
         return check_ids(torch.as_tensor(ids), n)
 
+    def _process_group(self) -> ProcessGroup | None:
+        """The processes selection spans, looked up once (after the user's ``Accelerator`` exists)."""
+        if not self._group_bound:
+            self._group = ProcessGroup.current()
+            self._group_bound = True
+            if self._group is not None and self.distributed == "local" and not self._state_loaded:
+                # Local exploration draws from each process's own stream, so the shards are not
+                # explored at the same positions.
+                self.generator.manual_seed(self.seed + 1_000_003 * self._group.rank)
+        return self._group
+
     def select(self, candidate_batch: Any, ids: Any = None) -> SelectedBatch:
-        """Score a candidate batch and return the selected samples with their loss weights."""
+        """Score a candidate batch and return the selected samples with their loss weights.
+
+        Across several processes every process must call this (and :meth:`observe`) once per step.
+        """
         start = time.perf_counter()
         n = batch_size(candidate_batch)
-        k = resolve_keep(self.keep, n)
         ids = self._ids(candidate_batch, ids, n)
+        group = self._process_group()
+        if group is not None and self.distributed == "global":
+            return self._select_global(group, candidate_batch, ids, n, start)
+        k = resolve_keep(self.keep, n) if group is None else local_keep(self.keep, n)
+        signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
+        scores, selection, eligible = self._choose(signals, k)
+        selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
+        selected.eligible = eligible
+        return selected
+
+    def _signals(
+        self, candidate_batch: Any, ids: torch.Tensor | None, n: int
+    ) -> tuple[Signals, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The policy's signals for this process's candidates, and the scorer features behind them."""
         signals = Signals(batch_size=n, generator=self.generator)
         features = predicted = reference_loss = None
         warming_up = self.step < self.warmup_steps
@@ -235,32 +327,96 @@ class OnlineSelector:
             signals.large_loss = check_per_sample_loss(large, n, "large_loss_fn output").float().cpu()
         if self.proxy is not None and not warming_up:
             signals.proxy_loss = self.proxy.losses(candidate_batch)
+        return signals, features, predicted, reference_loss
 
+    def _choose(self, signals: Signals, k: int) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:
+        """Scores, the selection rule's pick and the eligible mask over the candidates the signals describe."""
+        n = signals.batch_size
         eligible = self.policy.eligible(signals, label_floor=self.label_floor)
-        if warming_up:
+        if self.step < self.warmup_steps:
             scores = torch.rand(n, generator=self.generator)
             selection = select(scores, k, rule="top_k", explore=1.0, generator=self.generator, eligible=eligible)
-        else:
-            scores = self.policy.score(signals, label_floor=self.label_floor).float()
-            bad = ~torch.isfinite(scores)
-            if bool(bad.any()):
-                raise NonFiniteLossError(
-                    f"policy {self.policy.name!r} produced {int(bad.sum())} NaN/inf scores of {n}; "
-                    "check the large-model, reference and scorer losses for NaN/inf"
-                )
-            selection = select(
-                scores,
-                k,
-                rule=self.rule,
-                temperature=self.temperature,
-                explore=self.explore,
-                importance_weights=self.importance_weights,
-                generator=self.generator,
-                eligible=eligible,
+            return scores, selection, eligible
+        scores = self.policy.score(signals, label_floor=self.label_floor).float()
+        bad = ~torch.isfinite(scores)
+        if bool(bad.any()):
+            raise NonFiniteLossError(
+                f"policy {self.policy.name!r} produced {int(bad.sum())} NaN/inf scores of {n}; "
+                "check the large-model, reference and scorer losses for NaN/inf"
             )
-        selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
-        selected.eligible = eligible
-        return selected
+        selection = select(
+            scores,
+            k,
+            rule=self.rule,
+            temperature=self.temperature,
+            explore=self.explore,
+            importance_weights=self.importance_weights,
+            generator=self.generator,
+            eligible=eligible,
+        )
+        return scores, selection, eligible
+
+    def _select_global(
+        self, group: ProcessGroup, candidate_batch: Any, ids: torch.Tensor | None, n: int, start: float
+    ) -> SelectedBatch:
+        """Gather every candidate's signals and id, choose over all of them exactly as one process
+        would from the concatenated batch, and move the selected samples to where they train."""
+        signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
+        names = [name for name in SIGNALS if getattr(signals, name) is not None]
+        columns = [ids.double() if ids is not None else torch.full((n,), -1.0, dtype=torch.float64)]
+        columns += [getattr(signals, name).detach().double().cpu() for name in names]
+        extras = {
+            name: value
+            for name, value in (("features", features), ("predicted", predicted), ("reference", reference_loss))
+            if value is not None
+        }
+        payload = {"batch": candidate_batch, "extras": extras}
+        specs = field_specs(payload)
+        headers, parts = group.all_gather_rows(
+            torch.stack(columns, 1), torch.tensor([float(fields_signature(specs))]), self._row_bounds.get("candidates")
+        )
+        if len(set(headers[:, 0].tolist())) > 1:
+            raise DistributedSelectionError(
+                f"distributed='global' moves selected samples between processes, so every process's batch needs "
+                f"the same fields, dtypes and per-sample shapes; this process (rank {group.rank}) has "
+                f"[{describe_fields(specs)}] and another differs. Pad to a fixed length (e.g. "
+                "padding='max_length') or use distributed='local'"
+            )
+        counts = [part.shape[0] for part in parts]
+        self._row_bounds["candidates"] = max(counts)
+        table = torch.cat(parts)
+        total = table.shape[0]
+        k = global_keep(self.keep, group.world_size, total)
+        if k < group.world_size:
+            raise ValueError(
+                f"global selection keeps {k} of {total} candidates, fewer than the {group.world_size} processes "
+                "that each need at least one sample to train on"
+            )
+        global_signals = Signals(batch_size=total, generator=self.generator)
+        for i, name in enumerate(names):
+            setattr(global_signals, name, table[:, i + 1].float())
+        scores, selection, eligible = self._choose(global_signals, k)
+        offsets = torch.tensor([0] + counts).cumsum(0)
+        owners = torch.searchsorted(offsets[1:], selection.indices, right=True)
+        trainers = assign_trainers(owners, even_quotas(k, group.world_size))
+        mine = (trainers == group.rank).nonzero()[:, 0]
+        moved = exchange_selected(group, payload, specs, owners, trainers, selection.indices - offsets[owners])
+        return SelectedBatch(
+            batch=moved["batch"],
+            indices=selection.indices[mine],
+            weights=selection.weights[mine],
+            explored=selection.explored[mine],
+            scores=scores,
+            ids=table[:, 0].long() if ids is not None else None,
+            candidate_batch_size=total,
+            step=self.step,
+            features=moved["extras"].get("features"),
+            predicted_loss=moved["extras"].get("predicted"),
+            reference_loss=moved["extras"].get("reference"),
+            eligible=eligible,
+            timings={"select_s": time.perf_counter() - start},
+            selection_order=mine,
+        )
 
     def _package(
         self,
@@ -292,52 +448,155 @@ class OnlineSelector:
         """Take the large model's per-sample losses on the selected samples; return the loss to
         backpropagate (``mean(weights * losses)``, non-finite ones dropped if ``on_nonfinite='skip'``).
 
-        The scorer, memory and proxy learn from the detached losses.
+        The scorer, memory and proxy learn from the detached losses. Across several processes they
+        learn from all processes' selected samples (gathered), so they stay identical everywhere, and
+        the returned loss is ``world_size / K * sum(weights * losses)`` over this process's samples,
+        with K the selected samples of all processes: averaged over processes (as DDP, FSDP and
+        DeepSpeed average gradients) it is the weighted mean over all K, however unevenly they are spread.
         """
         start = time.perf_counter()
         losses = check_per_sample_loss(losses, selected.k, "per-sample loss")
         observed = losses.detach().float().cpu()
-        finite = torch.isfinite(observed)
+        group = self._process_group()
+        view = self._view(selected, observed) if group is None else self._gather_view(group, selected, observed)
+        finite = torch.isfinite(view.losses)
         n_bad = int((~finite).sum())
         if n_bad:
             if self.on_nonfinite == "raise":
                 raise NonFiniteLossError(
-                    f"{n_bad} of {selected.k} per-sample losses are NaN or infinite at step {self.step}; "
+                    f"{n_bad} of {view.losses.numel()} per-sample losses are NaN or infinite at step {self.step}; "
                     "pass on_nonfinite='skip' to drop them from the update and count them instead"
                 )
             self.nonfinite_losses += n_bad
         keep = finite.nonzero()[:, 0]
-        sel_ids = selected.selected_ids
         if self.scorer is not None and keep.numel():
-            sub_ids = None if sel_ids is None else sel_ids[keep]
-            sub_batch = take(selected.batch, keep) if self.scorer.model is not None else None
-            self.scorer.update(selected.features[selected.indices[keep]], observed[keep], sub_ids, self.step, sub_batch)
+            sub_ids = None if view.ids is None else view.ids[keep]
+            sub_batch = take(view.batch, keep) if self.scorer.model is not None else None
+            self.scorer.update(view.features[keep], view.losses[keep], sub_ids, self.step, sub_batch)
         if self.proxy is not None and keep.numel():
-            self.proxy.update(take(selected.batch, keep))
+            self.proxy.update(take(view.batch, keep))
         selected.timings["observe_s"] = time.perf_counter() - start
-        self._record(selected, observed, finite, selected.timings["observe_s"])
+        self._record(view, finite, selected.timings["observe_s"])
         self.step += 1
-        self.samples_seen += selected.candidate_batch_size
+        self.samples_seen += view.candidates
         weights = selected.weights.to(losses.device, losses.dtype)
+        if group is not None:
+            mask = torch.isfinite(observed).to(losses.device)
+            scale = group.world_size / max(int(finite.sum()), 1)
+            return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() * scale
         if n_bad:
             mask = finite.to(losses.device)
             return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() / max(int(mask.sum()), 1)
         return (weights * losses).mean()
 
-    def _record(self, selected: SelectedBatch, observed: torch.Tensor, finite: torch.Tensor, update_s: float) -> None:
-        explored = selected.explored & finite
-        entry = {
-            "select_s": selected.timings.get("select_s", 0.0),
-            "update_s": update_s,
-            "explored_predicted": None,
-            "explored_observed": observed[explored],
-            "selected_score": selected.scores[selected.indices].mean().item(),
-            "candidate_score": selected.scores.mean().item(),
-            "eligible_share": 1.0 if selected.eligible is None else selected.eligible.float().mean().item(),
-        }
-        if selected.predicted_loss is not None:
-            entry["explored_predicted"] = selected.predicted_loss[selected.indices[explored]]
-        self._window.append(entry)
+    def _needs_batch(self) -> bool:
+        return self.proxy is not None or (self.scorer is not None and self.scorer.model is not None)
+
+    def _view(self, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
+        return _StepView(
+            losses=observed,
+            weights=selected.weights,
+            explored=selected.explored,
+            selected_scores=selected.scores[selected.indices],
+            ids=selected.selected_ids,
+            features=selected.selected_rows(selected.features),
+            predicted=selected.selected_rows(selected.predicted_loss),
+            candidates=selected.candidate_batch_size,
+            candidate_score=selected.scores.mean().item(),
+            select_s=selected.timings.get("select_s", 0.0),
+            batch=selected.batch,
+            eligible=_count(selected.eligible, selected.candidate_batch_size),
+        )
+
+    def _gather_view(self, group: ProcessGroup, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
+        """All processes' selected samples and observed losses, on every process: in selection order
+        (global mode, the order one process would have) or in rank order (local mode)."""
+        k = selected.k
+        order = selected.selection_order if selected.selection_order is not None else torch.zeros(k)
+        ids = selected.selected_ids
+        features = selected.selected_rows(selected.features)
+        predicted = selected.selected_rows(selected.predicted_loss)
+        columns = [
+            order.double()[:, None],
+            observed.double()[:, None],
+            selected.weights.double()[:, None],
+            selected.explored.double()[:, None],
+            (ids.double() if ids is not None else torch.full((k,), -1.0, dtype=torch.float64))[:, None],
+            selected.scores[selected.indices].double()[:, None],
+        ]
+        if predicted is not None:
+            columns.append(predicted.double()[:, None])
+        if features is not None:
+            columns.append(features.double().reshape(k, -1))
+        if self.distributed == "global":
+            candidates, score_sum, eligible = 0.0, 0.0, 0.0  # every process already holds all candidates' scores
+        else:
+            candidates, score_sum = float(selected.candidate_batch_size), float(selected.scores.double().sum())
+            eligible = float(_count(selected.eligible, selected.candidate_batch_size))
+        header = torch.tensor(
+            [candidates, score_sum, selected.timings.get("select_s", 0.0), eligible], dtype=torch.float64
+        )
+        # A bound on every process's count lets the rows travel in one collective: the quotas in
+        # global mode, k in local mode with a count, else the largest count so far.
+        if selected.selection_order is not None:
+            bound = -(-global_keep(self.keep, group.world_size, selected.candidate_batch_size) // group.world_size)
+        else:
+            bound = self.keep if isinstance(self.keep, int) else self._row_bounds.get("selected")
+        headers, parts = group.all_gather_rows(torch.cat(columns, 1), header, max_rows=bound)
+        self._row_bounds["selected"] = max(part.shape[0] for part in parts)
+        rows = torch.cat(parts)
+        permutation = torch.argsort(rows[:, 0], stable=True) if selected.selection_order is not None else None
+        if permutation is not None:
+            rows = rows[permutation]
+        if self.distributed == "global":
+            candidates_total, candidate_score = selected.candidate_batch_size, selected.scores.mean().item()
+            eligible_total = _count(selected.eligible, candidates_total)
+        else:
+            candidates_total = int(headers[:, 0].sum())
+            candidate_score = float(headers[:, 1].sum() / max(candidates_total, 1))
+            eligible_total = int(headers[:, 3].sum())
+        width = 7 if predicted is not None else 6
+        batch = None
+        if self._needs_batch():
+            batch = gather_batches(group, selected.batch, field_specs(selected.batch), permutation)
+        return _StepView(
+            losses=rows[:, 1].float(),
+            weights=rows[:, 2].float(),
+            explored=rows[:, 3].bool(),
+            selected_scores=rows[:, 5].float(),
+            ids=rows[:, 4].long() if ids is not None else None,
+            features=rows[:, width:].to(features.dtype) if features is not None else None,
+            predicted=rows[:, 6].float() if predicted is not None else None,
+            candidates=candidates_total,
+            candidate_score=candidate_score,
+            select_s=float(headers[:, 2].max()),
+            batch=batch,
+            eligible=eligible_total,
+        )
+
+    def _record(self, view: _StepView, finite: torch.Tensor, update_s: float) -> None:
+        explored = view.explored & finite
+        self._window.append(
+            {
+                "select_s": view.select_s,
+                "update_s": update_s,
+                "explored_predicted": None if view.predicted is None else view.predicted[explored],
+                "explored_observed": view.losses[explored],
+                "selected_score": view.selected_scores.mean().item(),
+                "candidate_score": view.candidate_score,
+                "eligible_share": view.eligible / max(view.candidates, 1),
+            }
+        )
+        self.last_step = {"ids": view.ids, "weights": view.weights, "explored": view.explored, "losses": view.losses}
+
+    def check_synchronized(self) -> None:
+        """Raise :class:`~online_select.distributed.DistributedSelectionError` unless the scorer, proxy,
+        loss memory and counters are bitwise identical on every process (a no-op in one process)."""
+        group = self._process_group()
+        if group is None:
+            return
+        state = {key: value for key, value in self.state_dict().items() if key not in ("generator", "window")}
+        group.check_identical(_tensors_of(state), "the selector's state (scorer, proxy, loss memory, counters)")
 
     def stats(self) -> dict[str, float]:
         """Summary over the recent window of steps: scorer quality, scores and time split."""
@@ -370,6 +629,7 @@ class OnlineSelector:
             "nonfinite_losses": self.nonfinite_losses,
             "generator": self.generator.get_state(),
             "policy": self.policy.name,
+            "window": list(self._window),
         }
         if self.scorer is not None:
             state["scorer"] = self.scorer.state_dict()
@@ -386,9 +646,25 @@ class OnlineSelector:
         self.samples_seen = int(state["samples_seen"])
         self.nonfinite_losses = int(state["nonfinite_losses"])
         self.generator.set_state(state["generator"])
+        self._window.clear()
+        self._window.extend(state.get("window", []))
+        self._state_loaded = True
         if self.scorer is not None:
             self.scorer.load_state_dict(state["scorer"])
         if self.proxy is not None:
             self.proxy.load_state_dict(state["proxy"])
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
+
+
+def _tensors_of(state: Any) -> list[torch.Tensor]:
+    """Every tensor and number in a nested state dict, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in _tensors_of(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in _tensors_of(value)]
+    if isinstance(state, (int, float, bool)):
+        return [torch.tensor(float(state), dtype=torch.float64)]
+    return []

@@ -29,7 +29,9 @@ class Task:
     noise_key: str | None = "noisy"
     label_key: str | None = "label"
 
-    def train_loader(self, batch_size: int, seed: int) -> Iterator[dict]:
+    def train_loader(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+        """Endless candidate batches of ``batch_size`` for process ``rank`` of ``world_size``: each process
+        must get its own shard, and the loader needs ``state_dict``/``load_state_dict`` for resume."""
         raise NotImplementedError
 
     def large_model(self) -> nn.Module:
@@ -106,8 +108,8 @@ class ImageClassificationTask(Task):
             "noisy": self.is_noisy[ids].tolist(),
         }
 
-    def train_loader(self, batch_size: int, seed: int) -> TensorLoader:
-        return TensorLoader(self._fields(self.train_ids), batch_size, seed, ids=self.train_ids)
+    def train_loader(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> TensorLoader:
+        return TensorLoader(self._fields(self.train_ids), batch_size, seed, ids=self.train_ids, rank=rank, world_size=world_size)
 
     def large_model(self) -> nn.Module:
         m = self.config.model

@@ -269,6 +269,10 @@ def render_example(value: Any) -> dict[str, str]:
     return {"text": str(value)}
 
 
+def _is_category(values: Any) -> bool:
+    return isinstance(values, torch.Tensor) and values.ndim == 1 and not values.is_floating_point()
+
+
 class SelectionTelemetry:
     """Counters and windows over the selection, fed once per step; summaries on demand.
 
@@ -368,12 +372,13 @@ class SelectionTelemetry:
             self._time[key] = self._time.get(key, 0.0) + value
         if selected.ids is not None:
             self._count_ids(selected.ids.cpu().long(), indices, selected.scores)
-        if isinstance(candidate_batch, dict):
+        if isinstance(candidate_batch, dict) and isinstance(selected.batch, dict):
+            # The trained samples come from the selected batch itself: with distributed="global" the
+            # indices point into all processes' candidates, not into this process's candidate batch.
             for key in self.group_keys:
-                values = candidate_batch.get(key)
-                if isinstance(values, torch.Tensor) and values.ndim == 1 and not values.is_floating_point():
-                    values = values.cpu()
-                    self._pending_groups.setdefault(key, []).append((values[indices], values))
+                values, picked = candidate_batch.get(key), selected.batch.get(key)
+                if _is_category(values) and _is_category(picked):
+                    self._pending_groups.setdefault(key, []).append((picked.cpu(), values.cpu()))
         elapsed = time.perf_counter() - start
         self.seconds["record"] += elapsed
         self._telemetry_s += elapsed
@@ -416,11 +421,14 @@ class SelectionTelemetry:
         self._pending_groups = {}
 
     def tables_due(self, step: int, final: bool = False) -> bool:
-        """Whether example tables are due at this (evaluation) step; marks them done if so."""
-        due = step > 0 and (final or (self.table_every > 0 and step - self._last_table_step >= self.table_every))
-        if due:
+        """Whether example tables are due at this (evaluation) step; marks them done if so.
+
+        Tables written only because the run ends (``final``) do not move the schedule, so a run
+        stopped early and resumed writes its periodic tables where an uninterrupted run does."""
+        periodic = step > 0 and self.table_every > 0 and step - self._last_table_step >= self.table_every
+        if periodic:
             self._last_table_step = step
-        return due
+        return periodic or (final and step > 0)
 
     def audit_due(self, step: int) -> bool:
         return bool(self.audit_every) and step % self.audit_every == 0
@@ -553,15 +561,50 @@ class SelectionTelemetry:
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Per-id counters (windows restart on resume)."""
-        return {"picks": self.picks.clone(), "appearances": self.appearances.clone(), "last_score": self.last_score.clone(),
-                "generator": self.generator.get_state()}
+        """Per-id counters and the open step and eval windows, so a resumed run logs what an
+        uninterrupted one would (tensors, floats and strings only: loadable with weights_only=True)."""
+        self._fold_groups()
+        self._pending_groups = {}
+        return {
+            "picks": self.picks.clone(),
+            "appearances": self.appearances.clone(),
+            "last_score": self.last_score.clone(),
+            "generator": self.generator.get_state(),
+            "last_table_step": self._last_table_step,
+            "step_window": {
+                "steps": self._steps,
+                "candidates": self._candidates,
+                "large_samples": self._large_samples,
+                "explored": self._explored,
+                "time": dict(self._time),
+                "scores": [torch.from_numpy(a.copy()) for a in self._scores],
+                "selected_scores": [torch.from_numpy(a.copy()) for a in self._selected_scores],
+                "rejected_scores": [torch.from_numpy(a.copy()) for a in self._rejected_scores],
+            },
+            "eval_window": {
+                "audits": [dict(a) for a in self._audits],
+                "groups": {key: [c.clone() for c in counts] for key, counts in self._groups.items()},
+            },
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.picks = state["picks"].clone()
         self.appearances = state["appearances"].clone()
         self.last_score = state["last_score"].clone()
         self.generator.set_state(state["generator"])
+        self._last_table_step = int(state["last_table_step"])
+        window = state["step_window"]
+        self._steps = int(window["steps"])
+        self._candidates = int(window["candidates"])
+        self._large_samples = int(window["large_samples"])
+        self._explored = int(window["explored"])
+        self._time = dict(window["time"])
+        self._scores = [t.numpy().copy() for t in window["scores"]]
+        self._selected_scores = [t.numpy().copy() for t in window["selected_scores"]]
+        self._rejected_scores = [t.numpy().copy() for t in window["rejected_scores"]]
+        self._audits = [dict(a) for a in state["eval_window"]["audits"]]
+        self._groups = {key: [c.clone() for c in counts] for key, counts in state["eval_window"]["groups"].items()}
+        self._pending_groups = {}
 
 
 def telemetry_from_config(config: Any, task: Any, selector: OnlineSelector, large_loss_fn: Callable) -> SelectionTelemetry | None:

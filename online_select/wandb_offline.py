@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WandbFileError", "find_run_files", "read_records", "read_history", "read_artifacts"]
+__all__ = ["WandbFileError", "find_run_files", "read_records", "read_history", "read_artifacts", "wait_until_finished"]
 
 _HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32 * 1024
@@ -73,6 +74,22 @@ def read_records(path: str | Path) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         yield record
+
+
+def wait_until_finished(path: str | Path, timeout: float = 60.0) -> None:
+    """Block until the run's ``exit`` record is in the file. ``wandb.finish()`` can return before
+    W&B's writer process has flushed the file, so a reader that starts right away may see a run
+    that stops short."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(record.WhichOneof("record_type") == "exit" for record in read_records(path)):
+                return
+        except WandbFileError:
+            pass  # a chunk caught mid-write: read again
+        if time.monotonic() > deadline:
+            raise WandbFileError(f"{path}: no exit record after {timeout:.0f} s (the run has not finished writing)")
+        time.sleep(0.1)
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:

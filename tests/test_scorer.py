@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from online_select import Scorer, spearman
@@ -80,3 +81,15 @@ def test_rank_objective_also_learns():
         x, loss = _features(64, g)
         scorer.update(x, loss, None, step)
     assert spearman(scorer.predict(held_x), held_loss) > 0.85
+
+
+def test_memory_lookup_of_unseen_ids_leaves_the_state_unchanged():
+    from online_select import LossMemory
+
+    memory = LossMemory()
+    memory.update(torch.tensor([1, 2]), torch.tensor([0.5, 0.7]), step=3)
+    before = {k: v.clone() for k, v in memory.state_dict().items()}
+    loss, step, count = memory.lookup(torch.tensor([2, 5000]))
+    assert loss[0].item() == pytest.approx(0.7) and torch.isnan(loss[1]) and step.tolist() == [3, 0] and count.tolist() == [1, 0]
+    for key, value in memory.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)

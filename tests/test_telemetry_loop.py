@@ -10,7 +10,14 @@ from online_select.config import load_config
 from online_select.dashboard import SECTIONS, TABLES, selection_workspace
 from online_select.loop import train
 from online_select.report import health_checks, load_run, write_report
-from online_select.wandb_offline import WandbFileError, find_run_files, read_artifacts, read_history, read_records
+from online_select.wandb_offline import (
+    WandbFileError,
+    find_run_files,
+    read_artifacts,
+    read_history,
+    read_records,
+    wait_until_finished,
+)
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 
@@ -45,6 +52,8 @@ def wandb_run(tiny_idx_folder, tmp_path_factory):
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
         train(load_config(RECIPE, _overrides(tiny_idx_folder, out, "logging.trackers=[wandb]")))
+    for path in find_run_files(out):
+        wait_until_finished(path)
     return out
 
 

@@ -1,0 +1,482 @@
+"""Selection across processes: pure planning and packing, then real 2-process runs on CPU (gloo).
+
+The 2-process tests use ``accelerate.debug_launcher`` (fixed rendezvous): never run them in parallel
+pytest workers.
+"""
+
+import faulthandler
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from online_select import OnlineSelector, ReferenceTable, Scorer, take
+from online_select.checkpoint import read_meta
+from online_select.config import load_config
+from online_select.data import TensorLoader
+from online_select.distributed import (
+    DistributedSelectionError,
+    ProcessGroup,
+    assign_trainers,
+    even_quotas,
+    field_specs,
+    global_keep,
+    local_keep,
+    pack_rows,
+    unpack_rows,
+)
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+WATCHDOG_S = 240  # a hung collective fails the test instead of hanging it
+
+
+def _start_worker():
+    """In a forked worker: a watchdog, and Accelerate state not inherited from the pytest process
+    (earlier tests there ran single-process Accelerators)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_quotas_and_keep_counts():
+    assert even_quotas(8, 2) == [4, 4] and even_quotas(7, 3) == [3, 2, 2]
+    assert global_keep(4, 2, 32) == 8 and global_keep(4, 2, 6) == 6 and global_keep(0.25, 2, 20) == 5
+    assert local_keep(4, 16) == 4 and local_keep(4, 3) == 3 and local_keep(0.25, 6) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(lambda w: st.tuples(st.just(w), st.lists(st.integers(0, w - 1), min_size=w, max_size=40)))
+)
+def test_assign_trainers_meets_quotas_and_moves_the_fewest_samples(case):
+    world, owners = case
+    owners = torch.tensor(owners)
+    quotas = even_quotas(owners.numel(), world)
+    trainers = assign_trainers(owners, quotas)
+    assert torch.bincount(trainers, minlength=world).tolist() == quotas
+    own = torch.bincount(owners, minlength=world).tolist()
+    for rank in range(world):
+        assert int(((owners == rank) & (trainers == rank)).sum()) == min(own[rank], quotas[rank])
+    assert int((owners != trainers).sum()) == sum(max(0, o - q) for o, q in zip(own, quotas))
+
+
+def test_pack_and_unpack_rows_keep_every_field_exactly():
+    n = 6
+    batch = {
+        "input": torch.randn(n, 2, 3),
+        "mask": torch.rand(n) > 0.5,
+        "half": torch.randn(n, 4).to(torch.bfloat16),
+        "id": torch.arange(10, 10 + n),
+        "weight": np.linspace(0, 1, n),
+        "text": [f"s{i}" for i in range(n)],
+        "pair": (torch.arange(n), torch.zeros(n, 0)),
+        "scale": 3.0,
+    }
+    specs = field_specs(batch)
+    assert [s.kind for s in specs] == ["tensor", "tensor", "tensor", "tensor", "ndarray", "list", "tensor", "tensor"]
+    order = torch.tensor([4, 1, 5])
+    sub = take(batch, order)
+    rows = pack_rows(sub)
+    assert rows.dtype == torch.uint8 and rows.shape == (3, sum(s.nbytes for s in specs))
+    back = unpack_rows(rows, specs, batch, {"batch['text']": sub["text"]})
+    for key in ("input", "mask", "half", "id"):
+        assert back[key].dtype == batch[key].dtype and torch.equal(back[key], sub[key])
+    assert back["weight"].dtype == np.float64 and np.array_equal(back["weight"], sub["weight"])
+    assert back["text"] == ["s4", "s1", "s5"] and back["scale"] == 3.0
+    assert torch.equal(back["pair"][0], torch.tensor([4, 1, 5])) and back["pair"][1].shape == (3, 0)
+
+
+def test_sharded_loader_is_the_single_process_batch_split_in_rank_order():
+    fields = {"x": torch.arange(100).float()}
+    single = TensorLoader(fields, 20, seed=3)
+    shards = [TensorLoader(fields, 10, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(12):  # crosses epochs (5 global batches per epoch)
+        whole = next(single)["id"]
+        assert torch.equal(torch.cat([next(s)["id"] for s in shards]), whole)
+    resumed = TensorLoader(fields, 10, seed=3, rank=1, world_size=2)
+    resumed.load_state_dict(shards[1].state_dict())
+    assert torch.equal(next(resumed)["id"], next(shards[1])["id"])
+    with pytest.raises(ValueError, match=r"2 process\(es\), not 10, 3 and 1"):
+        TensorLoader(fields, 10, seed=3).load_state_dict(shards[0].state_dict())
+
+
+# ---------------------------------------------------------------- 2 processes: the selector
+
+STEPS = 6
+PER_RANK = 16
+SHORT = 3  # rank 1's candidates at the last step: the short end of an epoch
+
+
+def _configs():
+    def table():
+        return ReferenceTable(torch.rand(1000, generator=torch.Generator().manual_seed(1)) * 2)
+
+    return {
+        "learnability": lambda keep, mode: OnlineSelector(
+            "predicted_learnability",
+            keep=keep,
+            scorer=Scorer(),
+            reference=table(),
+            label_floor=0.1,
+            explore=0.25,
+            warmup_steps=2,
+            distributed=mode,
+        ),
+        "uniform": lambda keep, mode: OnlineSelector("uniform", keep=keep, distributed=mode),
+        "sampled": lambda keep, mode: OnlineSelector(
+            "predicted_loss",
+            keep=keep,
+            scorer=Scorer(),
+            rule="sample",
+            importance_weights=True,
+            temperature=0.5,
+            explore=0.125,
+            distributed=mode,
+        ),
+        "scorer_model": lambda keep, mode: OnlineSelector(
+            "predicted_loss",
+            keep=keep,
+            scorer=Scorer(torch.nn.Linear(3, 4), use_memory=False),
+            explore=0.25,
+            distributed=mode,
+        ),
+    }
+
+
+def _candidates(step, world, rank):
+    """The step's candidate batch of this rank (the concatenation over ranks is the same for any world)."""
+    ids = torch.randperm(1000, generator=torch.Generator().manual_seed(100 + step))[: 2 * PER_RANK]
+    if step == STEPS - 1:
+        ids = ids[: PER_RANK + SHORT]
+    if world == 2:
+        ids = ids[:PER_RANK] if rank == 0 else ids[PER_RANK:]
+    x = torch.stack([ids.float() / 1000, (ids % 7).float(), torch.cos(ids.float())], 1)
+    return {"input": x, "id": ids, "even": ids % 2 == 0, "text": [f"s{i}" for i in ids.tolist()]}
+
+
+def _observed_losses(batch, step):
+    return (batch["id"] % 7).float() / 3 + 0.1 * step
+
+
+def _run_selector(make, keep, mode, world, rank):
+    torch.manual_seed(0)
+    selector = make(keep, mode)
+    steps = []
+    for step in range(STEPS):
+        selected = selector.select(_candidates(step, world, rank))
+        assert selected.batch["text"] == [f"s{i}" for i in selected.batch["id"].tolist()]
+        assert torch.equal(selected.batch["even"], selected.batch["id"] % 2 == 0)
+        losses = _observed_losses(selected.batch, step).requires_grad_()
+        loss = selector.observe(selected, losses)
+        loss.backward()
+        record = {key: value.tolist() for key, value in selector.last_step.items() if value is not None}
+        record.update(
+            k=selected.k, loss=float(loss.detach()), grad=losses.grad.tolist(), mine=selected.batch["id"].tolist()
+        )
+        steps.append(record)
+    return selector, steps
+
+
+def _selector_worker(out):
+    _start_worker()
+    rank = dist.get_rank()
+    results = {}
+    for name, make in _configs().items():
+        for mode in ("global", "local"):
+            selector, steps = _run_selector(make, 4, mode, 2, rank)
+            selector.check_synchronized()
+            state = selector.state_dict()
+            torch.save(
+                {k: v for k, v in state.items() if k not in ("generator", "window")},
+                Path(out) / f"{name}-{mode}-{rank}.pt",
+            )
+            results[f"{name}-{mode}"] = steps
+    # Batches whose fields differ between processes cannot be exchanged: every process says so.
+    batch = _candidates(0, 2, rank)
+    if rank == 1:
+        batch["extra"] = torch.zeros(PER_RANK)
+    with pytest.raises(DistributedSelectionError, match="same fields, dtypes and per-sample shapes"):
+        OnlineSelector("uniform", keep=4, distributed="global").select(batch)
+    # Gathering rows with a bound that one process exceeds (3 and 8 rows, bound 4).
+    group = ProcessGroup.current()
+    rows = torch.arange((3 + 5 * rank) * 2, dtype=torch.float64).reshape(-1, 2) + 100 * rank
+    headers, parts = group.all_gather_rows(rows, torch.tensor([float(rank)]), max_rows=4)
+    results["rows"] = {"headers": headers.tolist(), "parts": [part.tolist() for part in parts]}
+    (Path(out) / f"steps-{rank}.json").write_text(json.dumps(results))
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="module")
+def two_process_selection(tmp_path_factory):
+    from accelerate import debug_launcher
+
+    out = tmp_path_factory.mktemp("selection")
+    debug_launcher(_selector_worker, args=(str(out),), num_processes=2)
+    ranks = [json.loads((out / f"steps-{r}.json").read_text()) for r in (0, 1)]
+    return out, ranks
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_state(a, b):
+    if isinstance(a, torch.Tensor):  # bitwise, NaN included
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same_state(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+def test_rows_gather_across_processes_past_the_bound(two_process_selection):
+    _, ranks = two_process_selection
+    expected = [
+        (torch.arange(n * 2, dtype=torch.float64).reshape(-1, 2) + 100 * r).tolist() for r, n in ((0, 3), (1, 8))
+    ]
+    for rank in (0, 1):
+        assert ranks[rank]["rows"] == {"headers": [[0.0], [1.0]], "parts": expected}
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_global_selection_equals_one_process_on_the_concatenated_batch(two_process_selection, name):
+    out, ranks = two_process_selection
+    selector, single = _run_selector(_configs()[name], 8, "local", 1, 0)
+    for step, (r0, r1, one) in enumerate(zip(ranks[0][f"{name}-global"], ranks[1][f"{name}-global"], single)):
+        for key in ("ids", "weights", "explored", "losses"):
+            assert r0[key] == r1[key] == one[key], (name, step, key)
+        assert r0["k"] == r1["k"] == 4  # even the short rank trains on k: samples moved to it
+        assert sorted(r0["mine"] + r1["mine"]) == sorted(one["ids"])
+    for rank in (0, 1):
+        saved = _state(out / f"{name}-global-{rank}.pt")
+        expected = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window")}
+        _assert_same_state(saved, expected)
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_local_selection_keeps_the_scorer_identical_and_scales_the_loss(two_process_selection, name):
+    out, ranks = two_process_selection
+    _assert_same_state(_state(out / f"{name}-local-0.pt"), _state(out / f"{name}-local-1.pt"))
+    for step, (r0, r1) in enumerate(zip(ranks[0][f"{name}-local"], ranks[1][f"{name}-local"])):
+        assert r0["ids"] == r1["ids"] == r0["mine"] + r1["mine"]
+        assert (r0["k"], r1["k"]) == ((4, SHORT) if step == STEPS - 1 else (4, 4))
+        weights = torch.tensor(r0["weights"])
+        mean = float((weights * torch.tensor(r0["losses"])).sum() / len(weights))
+        # DDP averages the two processes' gradients: the average is the weighted mean over all samples.
+        assert (r0["loss"] + r1["loss"]) / 2 == pytest.approx(mean, rel=1e-6)
+        grads = torch.tensor(r0["grad"] + r1["grad"]) / 2
+        assert torch.allclose(grads, weights / len(weights))
+
+
+# ---------------------------------------------------------------- 2 processes: gradients with DDP
+
+
+def _ddp_worker(out, mode):
+    _start_worker()
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    torch.set_num_threads(1)  # Accelerate sets more on multi-process CPU; OpenMP threads hang after a fork
+    rank = accelerator.process_index
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 5)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    model = accelerator.prepare(model)
+    selector = OnlineSelector("predicted_loss", keep=0.25, scorer=Scorer(), explore=0.25, distributed=mode)
+    batch = _candidates(STEPS - 1, 2, rank)  # rank 1 holds only SHORT candidates
+    batch["label"] = batch["id"] % 5
+    selected = selector.select(batch)
+    losses = F.cross_entropy(model(selected.batch["input"]), selected.batch["label"], reduction="none")
+    accelerator.backward(selector.observe(selected, losses))
+    grads = {name: p.grad for name, p in accelerator.unwrap_model(model).named_parameters()}
+    picked = {"input": selected.batch["input"], "label": selected.batch["label"], "weights": selected.weights}
+    torch.save({"grads": grads, "picked": picked, "initial": initial}, Path(out) / f"{mode}-{rank}.pt")
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_gradients_are_equal_across_ranks_and_are_the_weighted_mean_over_all_selected(tmp_path, mode):
+    from accelerate import debug_launcher
+
+    debug_launcher(_ddp_worker, args=(str(tmp_path), mode), num_processes=2)
+    r0, r1 = (torch.load(tmp_path / f"{mode}-{r}.pt", weights_only=True) for r in (0, 1))
+    for name in r0["grads"]:
+        assert torch.equal(r0["grads"][name], r1["grads"][name])
+    k0, k1 = len(r0["picked"]["label"]), len(r1["picked"]["label"])
+    # global: 5 of 19 candidates split 3 + 2; local: round(0.25 * 16) = 4 and round(0.25 * 3) = 1
+    assert (k0, k1) == ((3, 2) if mode == "global" else (4, 1))
+    model = torch.nn.Linear(3, 5)
+    model.load_state_dict(r0["initial"])
+    x = torch.cat([r0["picked"]["input"], r1["picked"]["input"]])
+    y = torch.cat([r0["picked"]["label"], r1["picked"]["label"]])
+    w = torch.cat([r0["picked"]["weights"], r1["picked"]["weights"]])
+    (w * F.cross_entropy(model(x), y, reduction="none")).mean().backward()
+    for name, param in model.named_parameters():
+        assert torch.allclose(r0["grads"][name], param.grad, atol=1e-6), name
+
+
+# ---------------------------------------------------------------- 2 processes: the ready loop
+
+
+def _loop_args(folder, out, *extra):
+    return [
+        f"data.path={folder}",
+        f"output_dir={out}",
+        "selection.candidate_batch_size=32",
+        "selection.keep=8",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "train.progress=false",
+        "train.threads=1",
+        "train.schedule=constant",
+        "train.warmup_steps=6",
+        "reference.epochs=1",
+        "model.width=8",
+        "model.hidden=32",
+        "logging.trackers=[]",
+        "logging.trace=true",
+        *extra,
+    ]
+
+
+def _loop_worker(folder, out):
+    _start_worker()
+    from online_select.loop import train
+
+    for mode in ("global", "local"):
+        train(
+            load_config(
+                RECIPE, _loop_args(folder, f"{out}/{mode}-whole", "train.max_steps=8", f"selection.distributed={mode}")
+            )
+        )
+    # Stopped at step 4 (the LR warmup does not depend on max_steps), then resumed to step 8.
+    resumed = f"{out}/global-resumed"
+    train(load_config(RECIPE, _loop_args(folder, resumed, "train.max_steps=4", "selection.distributed=global")))
+    train(
+        load_config(
+            RECIPE,
+            _loop_args(folder, resumed, "train.max_steps=8", "train.resume=auto", "selection.distributed=global"),
+        )
+    )
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_folder, tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(_loop_worker, args=(str(tiny_idx_folder), str(tmp_path)), num_processes=2)
+    for mode in ("global", "local"):
+        run = tmp_path / f"{mode}-whole"
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in metrics] == [0, 4, 8]  # one writer
+        assert metrics[-1]["samples_seen"] == 8 * 2 * 32
+        trace = [json.loads(line) for line in (run / "selection_trace.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in trace] == list(range(1, 9))
+        assert all(len(line["ids"]) == 16 == len(set(line["ids"])) for line in trace)
+        checkpoint = run / "checkpoints" / "step-00000008"
+        meta = read_meta(checkpoint)
+        assert meta["world_size"] == 2 and meta["distributed"] == mode
+        assert {"random_states_0.pkl", "random_states_1.pkl", "online_select_process_1.pt"} <= set(meta["files"])
+        # one scheduler step per optimizer step, not one per process
+        assert torch.load(checkpoint / "scheduler.bin", weights_only=True)["last_epoch"] == 8
+    whole, resumed = tmp_path / "global-whole", tmp_path / "global-resumed"
+    assert (resumed / "selection_trace.jsonl").read_text() == (whole / "selection_trace.jsonl").read_text()
+    clock_free = [
+        [
+            {
+                k: v
+                for k, v in json.loads(line).items()
+                if k != "wall_s" and not k.startswith(("time/", "sys/")) and not k.endswith(("_ms", "_seconds"))
+            }
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in (whole, resumed)
+    ]
+    assert clock_free[0] == clock_free[1]
+
+
+# ---------------------------------------------------------------- the command line under real launchers
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, tmp_path, launcher):
+    import os
+    import subprocess
+    import sys
+
+    from online_select.cli import main
+
+    args = [
+        "train",
+        str(RECIPE),
+        *_loop_args(tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global"),
+    ]
+    port = str(_free_port())
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [*command, "-m", "online_select", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("online_select: finished") == 1
+    one = [
+        "train",
+        str(RECIPE),
+        *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6"),
+        "selection.candidate_batch_size=64",
+        "selection.keep=16",
+    ]
+    assert main(one) == 0
+    two, one = (
+        [json.loads(line) for line in (tmp_path / run / "selection_trace.jsonl").read_text().splitlines()]
+        for run in ("two", "one")
+    )
+    assert [(line["ids"], line["weights"], line["explored"]) for line in two] == [
+        (line["ids"], line["weights"], line["explored"]) for line in one
+    ]
+    assert read_meta(tmp_path / "two" / "checkpoints" / "step-00000006")["world_size"] == 2

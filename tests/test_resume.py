@@ -1,0 +1,157 @@
+"""Crash safety and exact resume of the ready loop, with real processes killed by SIGKILL."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from online_select.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "fashion_mnist_noisy.yaml"
+MAX_STEPS = 40
+
+
+def _args(folder, out, *extra):
+    return [
+        f"data.path={folder}",
+        f"output_dir={out}",
+        "selection.candidate_batch_size=64",
+        "selection.keep=16",
+        f"train.max_steps={MAX_STEPS}",
+        "train.eval_every=10",
+        "train.checkpoint_every=7",
+        "train.keep_checkpoints=2",
+        "train.progress=false",
+        "train.threads=1",
+        "train.schedule=cosine",
+        "reference.epochs=1",
+        "model.width=8",
+        "model.hidden=32",
+        "logging.trackers=[]",
+        "logging.trace=true",
+        *extra,
+    ]
+
+
+def _command(*args):
+    return [sys.executable, "-m", "online_select", "train", str(RECIPE), *args]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _without_clock(line):
+    """Metrics that do not depend on the machine (wall clock, memory): those must match bitwise."""
+    return {
+        key: value
+        for key, value in line.items()
+        if key != "wall_s" and not key.startswith(("time/", "sys/")) and not key.endswith(("_ms", "_seconds"))
+    }
+
+
+def _trace_length(path):
+    try:
+        return path.read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_idx_folder, tmp_path):
+    whole = tmp_path / "whole"
+    subprocess.run(_command(*_args(tiny_idx_folder, whole)), env=_env(), check=True, capture_output=True, timeout=600)
+
+    kill_at = random.Random().randint(9, MAX_STEPS - 8)
+    crashed = tmp_path / "crashed"
+    run = subprocess.Popen(
+        _command(*_args(tiny_idx_folder, crashed)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 600
+    while (
+        _trace_length(crashed / "selection_trace.jsonl") < kill_at
+        and run.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.005)
+    assert run.poll() is None, f"the run ended before step {kill_at}: {run.stderr.read().decode()[-2000:]}"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    run.stderr.close()
+    killed_after = _trace_length(crashed / "selection_trace.jsonl")
+
+    resumed = subprocess.run(
+        _command(*_args(tiny_idx_folder, crashed, "train.resume=auto")),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    found = re.search(r"resumed from (\S+) \(step (\d+)\)", resumed.stdout)
+    assert found, resumed.stdout
+    # The newest complete checkpoint: the last multiple of 7 reached, or the one before if the kill
+    # landed while that one was being written.
+    step = int(found.group(2))
+    assert step % 7 == 0 and killed_after - 14 < step <= killed_after, (step, killed_after)
+    assert found.group(1) == str(crashed / "checkpoints" / f"step-{step:08d}")
+
+    expected_trace = (whole / "selection_trace.jsonl").read_text()
+    assert (crashed / "selection_trace.jsonl").read_text() == expected_trace, f"killed at step {killed_after}"
+    trace = _lines(whole / "selection_trace.jsonl")
+    assert [line["step"] for line in trace] == list(range(1, MAX_STEPS + 1))
+    metrics_whole = [_without_clock(line) for line in _lines(whole / "metrics.jsonl")]
+    metrics_resumed = [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")]
+    assert metrics_resumed == metrics_whole, f"killed at step {killed_after}"
+    assert [line["step"] for line in metrics_whole] == [0, 10, 20, 30, 40]
+    assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step-00000035", "step-00000040"]
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_in_use(tiny_idx_folder, tmp_path, capsys):
+    from online_select.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.max_steps=14")]) == 0
+    # What a kill in the middle of writing step 21 leaves behind: a temporary folder with some files.
+    partial = out / "checkpoints" / ".tmp-step-00000021"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 100)
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.resume=auto", "train.max_steps=21")]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000014", "step-00000021"]
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_path):
+    from online_select.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.max_steps=7")]) == 0
+    checkpoint = out / "checkpoints" / "step-00000007"
+    meta = json.loads((checkpoint / "meta.json").read_text())
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="not an online_select checkpoint"):
+        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={foreign}")])
+
+    model = checkpoint / "model.safetensors"
+    model.write_bytes(b"\xff" * meta["files"]["model.safetensors"])  # same size, garbage content
+    with pytest.raises(CheckpointError, match=r"step-00000007 could not be loaded: .*"):
+        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.resume=auto")])
+
+    meta["world_size"] = 2
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="written by 2 processes but this run has 1"):
+        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={checkpoint}")])
