@@ -7,6 +7,27 @@ import pytest
 import torch
 
 
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+
+
+def small_run(folder, out, *extra) -> list[str]:
+    """Overrides for a seconds-long run of the Fashion-MNIST recipe on a generated IDX folder."""
+    return [
+        f"data.path={folder}",
+        f"output_dir={out}",
+        "selection.candidate_batch_size=64",
+        "selection.keep=16",
+        "train.max_steps=30",
+        "train.eval_every=10",
+        "train.checkpoint_every=15",
+        "train.progress=false",
+        "train.threads=1",
+        "reference.epochs=1",
+        "logging.trackers=[]",
+        *extra,
+    ]
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an unsigned-byte IDX file (gzip-compressed when the name ends in .gz)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)

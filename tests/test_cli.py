@@ -1,31 +1,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from online_select.cli import main
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
-
-
-def _small(folder, out, *extra):
-    return [
-        f"data.path={folder}",
-        f"output_dir={out}",
-        "selection.candidate_batch_size=64",
-        "selection.keep=16",
-        "train.max_steps=30",
-        "train.eval_every=10",
-        "train.checkpoint_every=15",
-        "train.progress=false",
-        "train.threads=1",
-        "reference.epochs=1",
-        "logging.trackers=[]",
-        *extra,
-    ]
+from .conftest import RECIPE
+from .conftest import small_run as _small
 
 
 def test_train_writes_metrics_config_and_checkpoints(tiny_idx_folder, tmp_path):

@@ -1,7 +1,6 @@
 """The telemetry through the ready loop: what reaches an offline W&B run, TensorBoard, the report."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,28 +18,21 @@ from online_select.wandb_offline import (
     wait_until_finished,
 )
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+from .conftest import RECIPE, small_run
+
 
 
 def _overrides(folder, out, *extra):
-    return [
-        f"data.path={folder}",
-        f"output_dir={out}",
-        "selection.candidate_batch_size=64",
-        "selection.keep=16",
-        "train.max_steps=30",
-        "train.eval_every=10",
-        "train.checkpoint_every=15",
-        "train.progress=false",
-        "train.threads=1",
-        "reference.epochs=1",
+    return small_run(
+        folder,
+        out,
         "logging.log_every=5",
         "logging.audit_every=5",
         "logging.audit_size=32",
         "logging.table_every=20",
         "logging.table_rows=4",
         *extra,
-    ]
+    )
 
 
 @pytest.fixture(scope="session")
