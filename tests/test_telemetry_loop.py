@@ -21,7 +21,6 @@ from online_select.wandb_offline import (
 from .conftest import RECIPE, small_run
 
 
-
 def _overrides(folder, out, *extra):
     return small_run(
         folder,
