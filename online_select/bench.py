@@ -1,8 +1,9 @@
 """``online-select bench``: policies side by side under one budget, a markdown table and a plot.
 
-For every seed, uniform's best eval accuracy on that seed is the target; each policy's steps and
+For every seed, uniform's best eval metric on that seed is the target; each policy's steps and
 training seconds to first reach it are compared with uniform's own. Results are reported as
-mean ± standard deviation over seeds.
+mean ± standard deviation over seeds. The metric and its direction come from the task
+(``eval/accuracy``, max, by default; ``eval/loss``, min, for language models) or ``--metric/--mode``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ __all__ = ["run_bench", "read_metrics", "summarise_run", "RunSummary", "bench_ta
 METRIC = "eval/accuracy"
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, metric: str = METRIC) -> list[dict[str, Any]]:
     """Eval lines of a ``metrics.jsonl`` (lines that carry the eval metric), in step order."""
     lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return sorted((line for line in lines if METRIC in line), key=lambda line: line["step"])
+    return sorted((line for line in lines if metric in line), key=lambda line: line["step"])
 
 
 @dataclass
@@ -43,11 +44,14 @@ class RunSummary:
     reference_s: float = 0.0
     step_ms: float = float("nan")
     extra: dict = field(default_factory=dict)
+    metric: str = METRIC
+    mode: str = "max"  # "max": higher is better; "min": lower is better
 
     def first_reaching(self, target: float) -> tuple[float, float]:
         """(step, wall seconds) of the first eval at or above ``target``; NaN if never."""
+        sign = 1.0 if self.mode == "max" else -1.0
         for line in self.curve:
-            if line[METRIC] >= target - 1e-12:
+            if sign * (line[self.metric] - target) >= -1e-12:
                 return float(line["step"]), float(line["wall_s"])
         return float("nan"), float("nan")
 
@@ -57,10 +61,12 @@ def _mean_of(curve: list[dict], key: str, skip_first: bool = True) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarise_run(policy: str, seed: int, curve: list[dict[str, Any]]) -> RunSummary:
-    best_line = max(curve, key=lambda line: line[METRIC])
-    summary = RunSummary(policy=policy, seed=seed, curve=curve, best=best_line[METRIC], best_step=best_line["step"])
-    summary.final = curve[-1][METRIC]
+def summarise_run(policy: str, seed: int, curve: list[dict[str, Any]], metric: str = METRIC, mode: str = "max") -> RunSummary:
+    pick = max if mode == "max" else min
+    best_line = pick(curve, key=lambda line: line[metric])
+    summary = RunSummary(policy=policy, seed=seed, curve=curve, best=best_line[metric], best_step=best_line["step"],
+                         metric=metric, mode=mode)
+    summary.final = curve[-1][metric]
     summary.overhead_pct = _mean_of(curve, "time/overhead_pct")
     summary.spearman = _mean_of(curve[len(curve) // 2 :], "selection/spearman_explore", skip_first=False)
     selected = [line for line in curve if "selection/noisy_share" in line]
@@ -87,14 +93,22 @@ def _fmt(values: list[float], digits: int = 0, scale: float = 1.0) -> str:
     return text
 
 
+def _metric_format(metric: str) -> tuple[str, int, float]:
+    """Column name, decimals and scale of a metric (accuracy in %, anything else as logged)."""
+    if metric == METRIC:
+        return "acc %", 2, 100.0
+    return metric.split("/")[-1], 4, 1.0
+
+
 def bench_table(runs: dict[str, list[RunSummary]]) -> str:
     """A markdown table comparing each policy with uniform, seed by seed."""
     if "uniform" not in runs:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
     uniform = {r.seed: r for r in runs["uniform"]}
+    name, digits, scale = _metric_format(runs["uniform"][0].metric)
     header = (
         "| policy | steps to uniform's best | speed-up (steps) | seconds to uniform's best | speed-up (time) "
-        "| best acc % | final acc % | overhead % of large step | ms/step | noisy share selected (base) | "
+        f"| best {name} | final {name} | overhead % of large step | ms/step | noisy share selected (base) | "
         "Spearman (explore) |\n" + "|" + "---|" * 11
     )
     rows = [header]
@@ -112,7 +126,7 @@ def bench_table(runs: dict[str, list[RunSummary]]) -> str:
         base = _fmt([r.base_noisy_share for r in summaries], 1, 100)
         rows.append(
             f"| {policy} | {_fmt(steps)} | {_fmt(step_ratio, 2)}x | {_fmt(secs, 1)} | {_fmt(time_ratio, 2)}x | "
-            f"{_fmt([r.best for r in summaries], 2, 100)} | {_fmt([r.final for r in summaries], 2, 100)} | "
+            f"{_fmt([r.best for r in summaries], digits, scale)} | {_fmt([r.final for r in summaries], digits, scale)} | "
             f"{_fmt([r.overhead_pct for r in summaries], 1)} | {_fmt([r.step_ms for r in summaries], 1)} | "
             f"{noisy} ({base}) | {_fmt([r.spearman for r in summaries], 2)} |"
         )
@@ -126,11 +140,13 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    first = next(iter(runs.values()))[0]
+    name, _, scale = _metric_format(first.metric)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for policy, summaries in runs.items():
         n = min(len(r.curve) for r in summaries)
         steps = [summaries[0].curve[i]["step"] for i in range(n)]
-        acc = [[100 * r.curve[i][METRIC] for r in summaries] for i in range(n)]
+        acc = [[scale * r.curve[i][first.metric] for r in summaries] for i in range(n)]
         secs = [statistics.fmean(r.curve[i]["wall_s"] for r in summaries) for i in range(n)]
         mean = [statistics.fmean(a) for a in acc]
         lo, hi = [min(a) for a in acc], [max(a) for a in acc]
@@ -140,11 +156,13 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     for ax, xlabel in ((axes[0], "large-model steps"), (axes[1], "training seconds (selection included)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel(f"eval {name}")
         ax.grid(alpha=0.3)
-        all_means = [100 * line[METRIC] for rs in runs.values() for r in rs for line in r.curve[1:]]
-        if all_means:
+        all_means = [scale * line[first.metric] for rs in runs.values() for r in rs for line in r.curve[1:]]
+        if all_means and first.mode == "max":
             ax.set_ylim(max(min(all_means), max(all_means) - 15), max(all_means) + 0.5)
+        elif all_means:
+            ax.set_ylim(min(all_means) - 0.05, min(max(all_means), min(all_means) + 3))
     axes[0].legend()
     if title:
         fig.suptitle(title)
@@ -153,7 +171,9 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
     plt.close(fig)
 
 
-def _run_one(config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any]) -> RunSummary:
+def _run_one(
+    config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any], metric: tuple[str, str] = (METRIC, "max")
+) -> RunSummary:
     from .loop import train
 
     cfg = copy.deepcopy(config)
@@ -165,7 +185,7 @@ def _run_one(config: Config, policy: str, seed: int, out: Path, overrides: dict[
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
     train(cfg)
-    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl"))
+    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl", metric[0]), *metric)
 
 
 def run_bench(
@@ -174,8 +194,22 @@ def run_bench(
     seeds: int = 1,
     out_dir: str | Path | None = None,
     sweep_ratios: list[int] | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> dict[str, list[RunSummary]]:
-    """Run every policy for every seed (in that order, seeds outermost), then write the reports."""
+    """Run every policy for every seed (in that order, seeds outermost), then write the reports.
+
+    ``metric``/``mode`` (``"max"`` or ``"min"``) default to the task's (see ``register_task``).
+    """
+    from .tasks import task_metric
+
+    task_default = task_metric(config.task)
+    if metric in (None, task_default[0]):
+        target = (task_default[0], mode or task_default[1])
+    else:  # a loss or perplexity is better when lower unless told otherwise
+        target = (metric, mode or ("min" if "loss" in metric or "perplexity" in metric else "max"))
+    if target[1] not in ("max", "min"):
+        raise ValueError(f"--mode must be max or min, got {target[1]!r}")
     if "uniform" not in policies:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
     if seeds < 1:
@@ -186,7 +220,7 @@ def run_bench(
     for seed in range(seeds):
         for policy in policies:
             print(f"bench: {policy} seed {seed}", flush=True)
-            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}))
+            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, target))
     table = bench_table(runs)
     k = config.selection.keep
     heading = (
@@ -195,7 +229,7 @@ def run_bench(
     )
     report = heading + table
     if sweep_ratios:
-        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out)
+        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, target)
     (out / "bench.md").write_text(report)
     (out / "bench.json").write_text(
         json.dumps({p: [r.__dict__ for r in rs] for p, rs in runs.items()}, default=str, indent=1)
@@ -213,6 +247,7 @@ def _sweep(
     ratios: list[int],
     runs: dict[str, list[RunSummary]],
     out: Path,
+    metric: tuple[str, str] = (METRIC, "max"),
 ) -> str:
     """B/k sweep of each non-uniform policy: k fixed, candidate batch B = ratio * k."""
     from .loop import resolve_keep_count
@@ -220,8 +255,9 @@ def _sweep(
     keep = resolve_keep_count(config.selection.keep, config.selection.candidate_batch_size)
     k = keep if isinstance(keep, int) else max(1, round(keep * config.selection.candidate_batch_size))
     uniform = {r.seed: r for r in runs["uniform"]}
+    name, digits, scale = _metric_format(metric[0])
     lines = [
-        "| policy | B/k | B | steps to uniform's best | seconds to uniform's best | best acc % | overhead % | ms/step |",
+        f"| policy | B/k | B | steps to uniform's best | seconds to uniform's best | best {name} | overhead % | ms/step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for policy in (p for p in policies if p != "uniform"):
@@ -230,13 +266,13 @@ def _sweep(
             for seed in range(seeds):
                 summaries.append(
                     _run_one(config, policy, seed, out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
-                             {"candidate_batch_size": ratio * k, "keep": k})
+                             {"candidate_batch_size": ratio * k, "keep": k}, metric)
                 )
             steps = [r.first_reaching(uniform[r.seed].best)[0] for r in summaries]
             secs = [r.first_reaching(uniform[r.seed].best)[1] for r in summaries]
             lines.append(
                 f"| {policy} | {ratio} | {ratio * k} | {_fmt(steps)} | {_fmt(secs, 1)} | "
-                f"{_fmt([r.best for r in summaries], 2, 100)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
+                f"{_fmt([r.best for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
                 f"{_fmt([r.step_ms for r in summaries], 1)} |"
             )
     return "B/k sweep (k fixed):\n\n" + "\n".join(lines) + "\n"

@@ -32,6 +32,8 @@ def _bench(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out_dir=args.out,
         sweep_ratios=[int(r) for r in args.sweep.split(",")] if args.sweep else None,
+        metric=args.metric,
+        mode=args.mode,
     )
     return 0
 
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--sweep", default="", help="comma-separated B/k ratios (e.g. 2,5,10,20): also run a keep-ratio sweep"
     )
+    bench.add_argument("--metric", default=None, help="eval metric to compare on (default: the task's, e.g. eval/accuracy)")
+    bench.add_argument("--mode", default=None, choices=["max", "min"], help="whether higher (max) or lower (min) is better")
     bench.set_defaults(func=_bench)
     return parser
 
