@@ -3,7 +3,15 @@ import os
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from online_select import OnlineSelector, Scorer
 from online_select.hf import SELECTOR_STATE_NAME, SelectiveTrainer, TokenSelection, add_ids
@@ -71,11 +79,22 @@ def test_keeping_every_candidate_matches_trainer_with_gradient_accumulation(tmp_
     assert ours.state.global_step == plain.state.global_step == 6
 
 
+class LogRecorder(TrainerCallback):
+    """Receives log lines the way every report_to integration (W&B, TensorBoard...) does."""
+
+    def __init__(self):
+        self.lines = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.lines.append(dict(logs or {}))
+
+
 def test_selects_exactly_k_and_keeps_the_schedule(tmp_path):
     model = bert()
     seen = []
     model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]) if m.training else None, with_kwargs=True)
-    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=0.25)
+    recorder = LogRecorder()
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=0.25, callbacks=[recorder])
     assert trainer.selector.policy.name == "predicted_loss"
     trainer.train()
     assert seen == [4] * 6  # k = 0.25 * 16, one forward per optimizer step
@@ -83,8 +102,8 @@ def test_selects_exactly_k_and_keeps_the_schedule(tmp_path):
     plain.train()
     assert trainer.lr_scheduler.get_last_lr() == plain.lr_scheduler.get_last_lr()
     assert trainer.selector.step == 6 and trainer.selector.samples_seen == 6 * 16
-    logged = [line for line in trainer.state.log_history if "loss" in line]
-    assert logged and all("selection/select_ms" in line and "selection/step" in line for line in logged)
+    logged = [line for line in recorder.lines if "loss" in line]
+    assert len(logged) == 3 and all("selection/select_ms" in line and "selection/step" in line for line in logged)
 
 
 def test_missing_ids_is_a_clear_error(tmp_path):
