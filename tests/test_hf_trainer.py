@@ -164,3 +164,15 @@ def test_token_selection_trains_on_the_kept_fraction(tmp_path):
 def test_token_selection_alone_needs_a_causal_lm(tmp_path):
     with pytest.raises(ValueError, match="causal LM"):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), token_selection=TokenSelection(0.5))
+
+
+def test_policy_scoring_with_the_large_model_itself(tmp_path):
+    model = bert()
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path, max_steps=2), train_dataset=cls_dataset(), keep=4,
+                               policy="large_loss", explore=0.0)
+    scored = []
+    original = trainer._large_loss
+    trainer.selector.large_loss_fn = lambda batch: scored.append(len(batch["input_ids"])) or original(batch)
+    trainer.train()
+    assert scored == [16, 16]  # every candidate scored by the large model, once per step
+    assert trainer.selector.step == 2 and trainer.selector.scorer is None

@@ -113,8 +113,6 @@ class SelectiveTrainer(Trainer):
             clash = [name for name, value in given.items() if value is not None] + list(options)
             if clash:
                 raise ValueError(f"pass either selector= or the selection settings, not both (got {', '.join(clash)})")
-            if selector.policy.needs_large_forward and selector.large_loss_fn is None:
-                selector.large_loss_fn = self._large_loss
             return selector
         if keep is None:
             if policy is not None or scorer is not None or reference is not None:
