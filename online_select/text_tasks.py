@@ -115,7 +115,8 @@ class _TrimmedClassificationLoss(SequenceClassificationLoss):
 
 
 class _BowLoss:
-    """Per-sample cross-entropy of the bag-of-words model (its features feed the scorer)."""
+    """Per-sample cross-entropy of a reference classifier over precomputed inputs (bag-of-words ids
+    or frozen sentence embeddings, in the ``bow`` field); its features feed the scorer."""
 
     def __call__(self, model: nn.Module, batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["bow"]), batch["labels"], reduction="none")
@@ -187,12 +188,16 @@ class RottenTomatoesTask(Task):
             return None, {}
         if ref.kind == "file":
             return load_reference_file(ref.path), {}
-        if ref.model != "bow":
-            raise ValueError(f"unknown reference.model {ref.model!r} for rotten_tomatoes; expected bow")
         import time
 
         start = time.perf_counter()
-        bow = HashedBagOfWords.encode(self.train_texts)
+        if ref.model == "bow":
+            inputs, make_model = HashedBagOfWords.encode(self.train_texts), HashedBagOfWords
+        elif ref.model == "minilm":
+            inputs = self.sentence_embeddings()
+            make_model = lambda: nn.Linear(inputs.shape[1], 2)  # noqa: E731
+        else:
+            raise ValueError(f"unknown reference.model {ref.model!r} for rotten_tomatoes; expected bow or minilm")
         labels = self.train_fields["labels"]
         n = len(labels)
         ids = torch.arange(n)
@@ -208,21 +213,38 @@ class RottenTomatoesTask(Task):
         else:
             raise ValueError(f"unknown reference.kind {ref.kind!r}; expected twin_halves, holdout, file or none")
         for fit_ids, score_ids in parts:
-            model = HashedBagOfWords()
+            model = make_model()
             optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr)
             counter = iter(range(10**9))
 
             def batches(fit_ids=fit_ids) -> Iterable[dict]:
                 order = fit_ids[torch.randperm(len(fit_ids), generator=torch.Generator().manual_seed(seed + next(counter)))]
                 for rows in order.split(ref.batch_size):
-                    yield {"bow": bow[rows], "labels": labels[rows]}
+                    yield {"bow": inputs[rows], "labels": labels[rows]}
 
             train_model(model, optimizer, batches, loss, ref.epochs)
             with torch.inference_mode():
-                feats = loss.features(model, {"bow": bow[score_ids], "labels": labels[score_ids]})
+                feats = loss.features(model, {"bow": inputs[score_ids], "labels": labels[score_ids]})
             table[score_ids] = feats[:, 0]
             extra[score_ids] = feats[:, 1:]
         return ReferenceTable(table, extra), {"reference_seconds": time.perf_counter() - start, "reference_ids": n}
+
+    @torch.inference_mode()
+    def sentence_embeddings(self, batch_size: int = 128) -> torch.Tensor:
+        """Mean-pooled, normalised embeddings of the pretrained encoder (frozen), one per training text."""
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(self.model_path).eval()
+        out = []
+        for start in range(0, len(self.train_texts), batch_size):
+            mask = self.train_fields["attention_mask"][start : start + batch_size]
+            length = int(mask.sum(1).max())
+            mask = mask[:, :length]
+            hidden = encoder(input_ids=self.train_fields["input_ids"][start : start + batch_size, :length],
+                             attention_mask=mask).last_hidden_state
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            out.append(F.normalize(pooled, dim=1))
+        return torch.cat(out)
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:

@@ -108,7 +108,8 @@ def _tiny_encoder(folder: Path) -> str:
     return str(folder)
 
 
-def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reference", ["bow", "minilm"])
+def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch, reference):
     import online_select.text_tasks as text_tasks
 
     rng = random.Random(0)
@@ -124,7 +125,7 @@ def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch
     args = [f"model.pretrained_path={model_dir}", f"output_dir={out}", "data.extra.test_size=100", "data.max_length=16",
             "selection.candidate_batch_size=32", "selection.keep=8", "train.max_steps=6", "train.eval_every=3",
             "train.checkpoint_every=0", "train.progress=false", "train.threads=1", "logging.trackers=[]",
-            "train.lr=0.001", "reference.epochs=1"]
+            "train.lr=0.001", "reference.epochs=1", f"reference.model={reference}"]
     assert main(["train", recipe, *args]) == 0
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
     assert [line["step"] for line in evals] == [0, 3, 6]
