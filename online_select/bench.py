@@ -1,9 +1,12 @@
-"""``online-select bench``: policies side by side under one budget, a markdown table and a plot.
+"""``online-select bench``: policies side by side under one budget, markdown tables and a plot.
 
-For every seed, uniform's best eval accuracy on that seed is the target; each policy's steps and
+For every seed, uniform's best eval metric on that seed is the target; each policy's steps and
 training seconds to first reach it are compared with uniform's own. Results are reported as
-mean ± standard deviation over seeds. With ``smooth=n`` every curve is first replaced by its trailing
-rolling mean over n evals, so one lucky evaluation does not set (or meet) the target.
+mean ± standard deviation over seeds. The metric and its direction come from the task
+(``eval/accuracy``, higher is better, by default; ``eval/loss``, lower is better, for language
+models) or from ``--metric/--mode``. With ``smooth=n`` every curve is first replaced by its trailing
+rolling mean over n evals, so one lucky evaluation does not set (or meet) the target. ``targets``
+adds a table of steps and seconds to fixed metric values (e.g. 85%, 87%, 89% accuracy).
 """
 
 from __future__ import annotations
@@ -19,15 +22,67 @@ from typing import Any
 from .config import Config
 from .distributed import is_main_process
 
-__all__ = ["run_bench", "read_metrics", "summarise_run", "RunSummary", "bench_table", "plot_runs"]
+__all__ = [
+    "Comparison",
+    "run_bench",
+    "read_metrics",
+    "smooth_curve",
+    "summarise_run",
+    "RunSummary",
+    "bench_table",
+    "targets_table",
+    "plot_runs",
+]
 
 METRIC = "eval/accuracy"
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Eval lines of a ``metrics.jsonl`` (lines that carry the eval metric), in step order."""
+@dataclass(frozen=True)
+class Comparison:
+    """What runs are compared on: an eval metric, whether higher (``max``) or lower (``min``) is
+    better, and the rolling-mean window applied to each curve first."""
+
+    metric: str = METRIC
+    mode: str = "max"
+    smooth: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode must be max or min, got {self.mode!r}")
+        if self.smooth < 1:
+            raise ValueError(f"smooth must be at least 1, got {self.smooth}")
+
+    def reached(self, value: float, target: float) -> bool:
+        sign = 1.0 if self.mode == "max" else -1.0
+        return sign * (value - target) >= -1e-12
+
+    @property
+    def label(self) -> str:
+        """Column label, decimals and scale for tables: accuracy in %, anything else as logged."""
+        return "acc %" if self.metric == METRIC else self.metric.split("/")[-1]
+
+    @property
+    def digits_scale(self) -> tuple[int, float]:
+        return (2, 100.0) if self.metric == METRIC else (4, 1.0)
+
+
+def read_metrics(path: str | Path, metric: str = METRIC) -> list[dict[str, Any]]:
+    """Eval lines of a ``metrics.jsonl`` (lines that carry ``metric``), in step order."""
     lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return sorted((line for line in lines if METRIC in line), key=lambda line: line["step"])
+    return sorted((line for line in lines if metric in line), key=lambda line: line["step"])
+
+
+def smooth_curve(curve: list[dict[str, Any]], window: int, metric: str = METRIC) -> list[dict[str, Any]]:
+    """Replace ``metric`` by its trailing rolling mean over ``window`` evals (the first eval, at
+    step 0, is left out of the windows of later evals)."""
+    if window <= 1:
+        return curve
+    out = []
+    for i, line in enumerate(curve):
+        start = max(1 if i else 0, i - window + 1)
+        values = [curve[j][metric] for j in range(start, i + 1)]
+        out.append({**line, metric: sum(values) / len(values)})
+    return out
 
 
 @dataclass
@@ -35,6 +90,7 @@ class RunSummary:
     policy: str
     seed: int
     curve: list[dict[str, Any]]
+    comparison: Comparison = field(default_factory=Comparison)
     best: float = float("nan")
     best_step: int = 0
     final: float = float("nan")
@@ -44,12 +100,11 @@ class RunSummary:
     spearman: float = float("nan")
     reference_s: float = 0.0
     step_ms: float = float("nan")
-    extra: dict = field(default_factory=dict)
 
     def first_reaching(self, target: float) -> tuple[float, float]:
-        """(step, wall seconds) of the first eval at or above ``target``; NaN if never."""
+        """(step, wall seconds) of the first eval at or beyond ``target``; NaN if never."""
         for line in self.curve:
-            if line[METRIC] >= target - 1e-12:
+            if self.comparison.reached(line[self.comparison.metric], target):
                 return float(line["step"]), float(line["wall_s"])
         return float("nan"), float("nan")
 
@@ -59,24 +114,16 @@ def _mean_of(curve: list[dict], key: str, skip_first: bool = True) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def smooth_curve(curve: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:
-    """Replace the metric by its trailing rolling mean over ``window`` evals (the first eval, at
-    step 0, is left out of the windows of later evals)."""
-    if window <= 1:
-        return curve
-    out = []
-    for i, line in enumerate(curve):
-        start = max(1 if i else 0, i - window + 1)
-        values = [curve[j][METRIC] for j in range(start, i + 1)]
-        out.append({**line, METRIC: sum(values) / len(values)})
-    return out
-
-
-def summarise_run(policy: str, seed: int, curve: list[dict[str, Any]], smooth: int = 1) -> RunSummary:
-    curve = smooth_curve(curve, smooth)
-    best_line = max(curve, key=lambda line: line[METRIC])
-    summary = RunSummary(policy=policy, seed=seed, curve=curve, best=best_line[METRIC], best_step=best_line["step"])
-    summary.final = curve[-1][METRIC]
+def summarise_run(
+    policy: str, seed: int, curve: list[dict[str, Any]], comparison: Comparison | None = None
+) -> RunSummary:
+    comparison = comparison or Comparison()
+    metric = comparison.metric
+    curve = smooth_curve(curve, comparison.smooth, metric)
+    pick = max if comparison.mode == "max" else min
+    best_line = pick(curve, key=lambda line: line[metric])
+    summary = RunSummary(policy, seed, curve, comparison, best=best_line[metric], best_step=best_line["step"])
+    summary.final = curve[-1][metric]
     summary.overhead_pct = _mean_of(curve, "time/overhead_pct")
     summary.spearman = _mean_of(curve[len(curve) // 2 :], "selection/spearman_explore", skip_first=False)
     selected = [line for line in curve if "selection/noisy_share" in line]
@@ -103,63 +150,99 @@ def _fmt(values: list[float], digits: int = 0, scale: float = 1.0) -> str:
     return text
 
 
+def _ratio(values: list[float]) -> str:
+    """Speed-ups (uniform's steps or seconds over the policy's), '–' where the policy never got there."""
+    finite = [v for v in values if v == v and not math.isinf(v)]
+    return _fmt(values, 2) + "x" if finite else "–"
+
+
+def _speedups(run: RunSummary, baseline: RunSummary, target: float) -> tuple[float, float, float, float]:
+    """(steps, seconds, step speed-up, time speed-up) of ``run`` to ``target`` vs ``baseline``."""
+    steps, secs = run.first_reaching(target)
+    base_steps, base_secs = baseline.first_reaching(target)
+    step_ratio = base_steps / steps if steps == steps and steps > 0 else float("nan")
+    time_ratio = base_secs / secs if secs == secs and secs > 0 else float("nan")
+    return steps, secs, step_ratio, time_ratio
+
+
 def bench_table(runs: dict[str, list[RunSummary]]) -> str:
     """A markdown table comparing each policy with uniform, seed by seed."""
     if "uniform" not in runs:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
     uniform = {r.seed: r for r in runs["uniform"]}
+    comparison = runs["uniform"][0].comparison
+    digits, scale = comparison.digits_scale
+    name = comparison.label
     header = (
         "| policy | steps to uniform's best | speed-up (steps) | seconds to uniform's best | speed-up (time) "
-        "| best acc % | final acc % | overhead % of large step | ms/step | noisy share selected (base) | "
+        f"| best {name} | final {name} | overhead % of large step | ms/step | noisy share selected (base) | "
         "Spearman (explore) |\n" + "|" + "---|" * 11
     )
     rows = [header]
     for policy, summaries in runs.items():
-        steps, secs, step_ratio, time_ratio = [], [], [], []
-        for run in summaries:
-            target = uniform[run.seed].best
-            s, w = run.first_reaching(target)
-            us, uw = uniform[run.seed].first_reaching(target)
-            steps.append(s)
-            secs.append(w)
-            step_ratio.append(us / s if s == s and s > 0 else float("nan"))
-            time_ratio.append(uw / w if w == w and w > 0 else float("nan"))
+        steps, secs, step_ratio, time_ratio = zip(
+            *(_speedups(run, uniform[run.seed], uniform[run.seed].best) for run in summaries)
+        )
         noisy = _fmt([r.noisy_share for r in summaries], 1, 100)
         base = _fmt([r.base_noisy_share for r in summaries], 1, 100)
         rows.append(
-            f"| {policy} | {_fmt(steps)} | {_fmt(step_ratio, 2)}x | {_fmt(secs, 1)} | {_fmt(time_ratio, 2)}x | "
-            f"{_fmt([r.best for r in summaries], 2, 100)} | {_fmt([r.final for r in summaries], 2, 100)} | "
-            f"{_fmt([r.overhead_pct for r in summaries], 1)} | {_fmt([r.step_ms for r in summaries], 1)} | "
-            f"{noisy} ({base}) | {_fmt([r.spearman for r in summaries], 2)} |"
+            f"| {policy} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | {_fmt(list(secs), 1)} | "
+            f"{_ratio(list(time_ratio))} | {_fmt([r.best for r in summaries], digits, scale)} | "
+            f"{_fmt([r.final for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
+            f"{_fmt([r.step_ms for r in summaries], 1)} | {noisy} ({base}) | {_fmt([r.spearman for r in summaries], 2)} |"
         )
     return "\n".join(rows) + "\n"
 
 
+def targets_table(runs: dict[str, list[RunSummary]], targets: list[float]) -> str:
+    """Steps and seconds to fixed metric values, with the speed-up over uniform (same seeds)."""
+    uniform = {r.seed: r for r in runs["uniform"]}
+    comparison = runs["uniform"][0].comparison
+    digits, scale = comparison.digits_scale
+    header = "| policy | " + " | ".join(
+        f"{comparison.label.replace(' %', '')} {target * scale:.{max(digits - 2, 0)}f}: steps (speed-up) / seconds (speed-up)"
+        for target in targets
+    )
+    lines = [header + " |", "|---|" + "---|" * len(targets)]
+    for policy, summaries in runs.items():
+        cells = []
+        for target in targets:
+            steps, secs, step_ratio, time_ratio = zip(*(_speedups(r, uniform[r.seed], target) for r in summaries))
+            cells.append(f"{_fmt(list(steps))} ({_ratio(list(step_ratio))}) / {_fmt(list(secs), 1)} ({_ratio(list(time_ratio))})")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = "") -> None:
-    """Accuracy vs steps and vs seconds, mean over seeds per policy (shaded: min to max)."""
+    """The metric vs steps and vs seconds, mean over seeds per policy (shaded: min to max)."""
     from matplotlib.figure import Figure
 
+    comparison = next(iter(runs.values()))[0].comparison
+    _, scale = comparison.digits_scale
+    metric = comparison.metric
     # A Figure without pyplot: no global backend switch, so notebooks keep showing their own plots.
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2)
     for policy, summaries in runs.items():
         n = min(len(r.curve) for r in summaries)
         steps = [summaries[0].curve[i]["step"] for i in range(n)]
-        acc = [[100 * r.curve[i][METRIC] for r in summaries] for i in range(n)]
+        values = [[scale * r.curve[i][metric] for r in summaries] for i in range(n)]
         secs = [statistics.fmean(r.curve[i]["wall_s"] for r in summaries) for i in range(n)]
-        mean = [statistics.fmean(a) for a in acc]
-        lo, hi = [min(a) for a in acc], [max(a) for a in acc]
+        mean = [statistics.fmean(v) for v in values]
+        lo, hi = [min(v) for v in values], [max(v) for v in values]
         for ax, x in ((axes[0], steps), (axes[1], secs)):
             (line,) = ax.plot(x, mean, label=policy)
             if len(summaries) > 1:
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+    all_values = [scale * line[metric] for rs in runs.values() for r in rs for line in r.curve[1:]]
     for ax, xlabel in ((axes[0], "large-model steps"), (axes[1], "training seconds (selection included)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel(f"eval {comparison.label}")
         ax.grid(alpha=0.3)
-        all_means = [100 * line[METRIC] for rs in runs.values() for r in rs for line in r.curve[1:]]
-        if all_means:
-            ax.set_ylim(max(min(all_means), max(all_means) - 15), max(all_means) + 0.5)
+        if all_values and comparison.mode == "max":
+            ax.set_ylim(max(min(all_values), max(all_values) - 15), max(all_values) + 0.5)
+        elif all_values:
+            ax.set_ylim(min(all_values) - 0.05, min(max(all_values), min(all_values) + 3))
     axes[0].legend()
     if title:
         fig.suptitle(title)
@@ -168,7 +251,7 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
 
 
 def _run_one(
-    config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any], smooth: int = 1
+    config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any], comparison: Comparison
 ) -> RunSummary:
     from .loop import train
 
@@ -181,7 +264,18 @@ def _run_one(
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
     train(cfg)
-    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl"), smooth)
+    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl", comparison.metric), comparison)
+
+
+def comparison_for(config: Config, metric: str | None, mode: str | None, smooth: int) -> Comparison:
+    """The task's metric and direction (see ``register_task``) unless ``metric``/``mode`` say otherwise;
+    a loss or perplexity is better when lower unless told otherwise."""
+    from .tasks import task_metric
+
+    task_default = task_metric(config.task)
+    if metric in (None, task_default[0]):
+        return Comparison(task_default[0], mode or task_default[1], smooth)
+    return Comparison(metric, mode or ("min" if "loss" in metric or "perplexity" in metric else "max"), smooth)
 
 
 def run_bench(
@@ -191,8 +285,12 @@ def run_bench(
     out_dir: str | Path | None = None,
     sweep_ratios: list[int] | None = None,
     smooth: int = 1,
+    metric: str | None = None,
+    mode: str | None = None,
+    targets: list[float] | None = None,
 ) -> dict[str, list[RunSummary]]:
     """Run every policy for every seed (in that order, seeds outermost), then write the reports."""
+    comparison = comparison_for(config, metric, mode, smooth)
     if "uniform" not in policies:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
     if seeds < 1:
@@ -204,17 +302,21 @@ def run_bench(
         for policy in policies:
             if is_main_process():
                 print(f"bench: {policy} seed {seed}", flush=True)
-            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, smooth))
-    table = bench_table(runs)
-    k = config.selection.keep
+            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, comparison))
+    sel = config.selection
+    noise = f", label_noise={config.data.label_noise}" if comparison.metric == METRIC else ""
     heading = (
-        f"Recipe task={config.task}, label_noise={config.data.label_noise}, B={config.selection.candidate_batch_size}, "
-        f"k={k}, max_steps={config.train.max_steps}, schedule={config.train.schedule}, seeds={seeds}, "
-        f"accuracy smoothed over {smooth} eval(s)\n\n"
+        f"Recipe task={config.task}{noise}, B={sel.candidate_batch_size}, k={sel.keep}, "
+        f"max_steps={config.train.max_steps}, schedule={config.train.schedule}, seeds={seeds}; "
+        f"{comparison.metric} ({'higher' if comparison.mode == 'max' else 'lower'} is better), "
+        f"smoothed over {comparison.smooth} eval(s)\n\n"
     )
-    report = heading + table
+    report = heading + bench_table(runs)
+    if targets:
+        report += "\nSteps and seconds to fixed targets (mean ± std over seeds; speed-up vs uniform):\n\n"
+        report += targets_table(runs, targets)
     if sweep_ratios:
-        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, smooth)
+        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, comparison)
     if not is_main_process():  # under accelerate launch / torchrun every process ran; one reports
         return runs
     (out / "bench.md").write_text(report)
@@ -234,7 +336,7 @@ def _sweep(
     ratios: list[int],
     runs: dict[str, list[RunSummary]],
     out: Path,
-    smooth: int,
+    comparison: Comparison,
 ) -> str:
     """B/k sweep of each non-uniform policy: k fixed, candidate batch B = ratio * k."""
     from .loop import resolve_keep_count
@@ -242,29 +344,33 @@ def _sweep(
     keep = resolve_keep_count(config.selection.keep, config.selection.candidate_batch_size)
     k = keep if isinstance(keep, int) else max(1, round(keep * config.selection.candidate_batch_size))
     uniform = {r.seed: r for r in runs["uniform"]}
+    digits, scale = comparison.digits_scale
     lines = [
-        "| policy | B/k | B | steps to uniform's best | seconds to uniform's best | best acc % | overhead % | ms/step |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| policy | B/k | B | steps to uniform's best | seconds to uniform's best | best {comparison.label} "
+        "| overhead % | ms/step | select + scorer update ms/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in (p for p in policies if p != "uniform"):
         for ratio in ratios:
-            summaries = []
-            for seed in range(seeds):
-                summaries.append(
-                    _run_one(
-                        config,
-                        policy,
-                        seed,
-                        out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
-                        {"candidate_batch_size": ratio * k, "keep": k},
-                        smooth,
-                    )
+            summaries = [
+                _run_one(
+                    config,
+                    policy,
+                    seed,
+                    out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
+                    {"candidate_batch_size": ratio * k, "keep": k},
+                    comparison,
                 )
+                for seed in range(seeds)
+            ]
             steps = [r.first_reaching(uniform[r.seed].best)[0] for r in summaries]
             secs = [r.first_reaching(uniform[r.seed].best)[1] for r in summaries]
+            selection_ms = [
+                _mean_of(r.curve, "time/select_ms") + _mean_of(r.curve, "time/observe_ms") for r in summaries
+            ]
             lines.append(
                 f"| {policy} | {ratio} | {ratio * k} | {_fmt(steps)} | {_fmt(secs, 1)} | "
-                f"{_fmt([r.best for r in summaries], 2, 100)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
-                f"{_fmt([r.step_ms for r in summaries], 1)} |"
+                f"{_fmt([r.best for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
+                f"{_fmt([r.step_ms for r in summaries], 1)} | {_fmt(selection_ms, 2)} |"
             )
     return "B/k sweep (k fixed):\n\n" + "\n".join(lines) + "\n"

@@ -131,6 +131,18 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _unshared(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors accepts: tied weights (e.g. a language model's input and output
+    embeddings) are stored once per name; loading copies the same values into the tied parameter."""
+    out, seen = {}, set()
+    for key, value in model_state.items():
+        value = value.detach().contiguous().cpu()
+        pointer = (value.untyped_storage().data_ptr(), value.storage_offset())
+        out[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return out
+
+
 def _is_complete(path: Path) -> bool:
     try:
         read_meta(path)
@@ -182,7 +194,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     if model_state is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        save_file(_unshared(model_state), str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     _commit(tmp, final, {"kind": "plain", "step": step})
     _prune(root, keep)

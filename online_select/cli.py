@@ -35,6 +35,9 @@ def _bench(args: argparse.Namespace) -> int:
         out_dir=args.out,
         sweep_ratios=[int(r) for r in args.sweep.split(",")] if args.sweep else None,
         smooth=args.smooth,
+        metric=args.metric,
+        mode=args.mode,
+        targets=[float(t) for t in args.targets.split(",")] if args.targets else None,
     )
     return 0
 
@@ -88,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--smooth", type=int, default=3, help="compare rolling means over this many evals (1: raw evals)"
     )
+    bench.add_argument(
+        "--targets", default="", help="comma-separated metric values (e.g. 0.85,0.87): steps and seconds to reach each"
+    )
+    bench.add_argument("--metric", default=None, help="eval metric to compare on (default: the task's, e.g. eval/accuracy)")
+    bench.add_argument("--mode", default=None, choices=["max", "min"], help="whether higher (max) or lower (min) is better")
     bench.set_defaults(func=_bench)
 
     report = sub.add_parser("report", help="turn runs' metrics.jsonl into a self-contained HTML page (offline)")

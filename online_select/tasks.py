@@ -18,7 +18,7 @@ from .losses import ClassificationLoss
 from .models import mlp_classifier, small_cnn
 from .reference import Reference, ReferenceTable, holdout_reference, twin_halves_reference
 
-__all__ = ["Task", "ImageClassificationTask", "TASK_BUILDERS", "register_task", "build_task"]
+__all__ = ["Task", "ImageClassificationTask", "TASK_BUILDERS", "TASK_METRICS", "register_task", "task_metric", "build_task"]
 
 
 class Task:
@@ -194,11 +194,36 @@ def load_reference_file(path: str) -> ReferenceTable:
 
 
 TASK_BUILDERS: dict[str, Callable[[Config], Task]] = {"idx_images": ImageClassificationTask}
+TASK_METRICS: dict[str, tuple[str, str]] = {}  # task -> (eval metric bench compares on, "max" | "min")
 
 
-def register_task(name: str, builder: Callable[[Config], Task]) -> None:
-    """Make ``task: name`` usable in recipes."""
+def register_task(name: str, builder: Callable[[Config], Task], metric: str = "eval/accuracy", mode: str = "max") -> None:
+    """Make ``task: name`` usable in recipes; ``metric``/``mode`` is what ``bench`` compares on."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"metric mode must be 'max' or 'min', got {mode!r}")
     TASK_BUILDERS[name] = builder
+    TASK_METRICS[name] = (metric, mode)
+
+
+def task_metric(name: str) -> tuple[str, str]:
+    """The ``(metric, mode)`` bench uses for a task (``eval/accuracy``, higher is better, by default)."""
+    return TASK_METRICS.get(name, ("eval/accuracy", "max"))
+
+
+def _rotten_tomatoes(config: Config) -> Task:
+    from .text_tasks import RottenTomatoesTask
+
+    return RottenTomatoesTask(config)
+
+
+def _noisy_corpus_lm(config: Config) -> Task:
+    from .text_tasks import NoisyCorpusLMTask
+
+    return NoisyCorpusLMTask(config)
+
+
+register_task("rotten_tomatoes", _rotten_tomatoes)
+register_task("noisy_corpus_lm", _noisy_corpus_lm, metric="eval/loss", mode="min")
 
 
 def build_task(config: Config) -> Task:

@@ -539,7 +539,7 @@ class SelectionTelemetry:
         tables: dict[str, list[dict[str, Any]]] = {}
         for name, pick in (("most_selected", most_selected), ("most_rejected", most_rejected)):
             ids = pick(self.picks, self.appearances, n)
-            extra = lookup(ids) if (lookup is not None and ids.numel()) else {}
+            extra = (lookup(ids) or {}) if (lookup is not None and ids.numel()) else {}
             rows = []
             for i, sample_id in enumerate(ids.tolist()):
                 row: dict[str, Any] = {

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 
 

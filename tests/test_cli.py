@@ -75,6 +75,23 @@ def test_bench_writes_table_and_plot(tiny_idx_folder, tmp_path):
     assert (out / "predicted_learnability" / "seed1" / "metrics.jsonl").exists()
 
 
+def test_targets_table_and_missing_speedups():
+    from online_select.bench import bench_table, summarise_run, targets_table
+
+    def curve(values):
+        return [{"step": 10 * i, "wall_s": float(i), "eval/accuracy": v} for i, v in enumerate(values)]
+
+    runs = {
+        "uniform": [summarise_run("uniform", 0, curve([0.1, 0.5, 0.7, 0.8]))],
+        "fast": [summarise_run("fast", 0, curve([0.1, 0.8, 0.82, 0.85]))],
+        "slow": [summarise_run("slow", 0, curve([0.1, 0.2, 0.3, 0.4]))],
+    }
+    table = targets_table(runs, [0.5, 0.8])
+    assert "| fast | 10 (1.00x) / 1.0 (1.00x) | 10 (3.00x) / 1.0 (3.00x) |" in table
+    assert "| slow | never (–) / never (–) | never (–) / never (–) |" in table
+    assert "| slow | never | – | never | – |" in bench_table(runs)
+
+
 def test_bench_requires_uniform(tiny_idx_folder, tmp_path):
     with pytest.raises(ValueError, match="needs the uniform policy"):
         main(["bench", str(RECIPE), "--policies", "predicted_loss"] + _small(tiny_idx_folder, tmp_path))

@@ -1,0 +1,308 @@
+"""`SelectiveTrainer`: a drop-in `transformers.Trainer` that trains on the selected part of each batch.
+
+``per_device_train_batch_size`` is the candidate batch B; the model trains on the k samples the
+:class:`~online_select.OnlineSelector` picks from it. One optimizer step per candidate batch, so
+``max_steps``, epochs, LR schedulers and warm-up mean what they mean with ``Trainer``. The
+selection of a whole gradient-accumulation window happens before its first forward, so Trainer's
+``num_items_in_batch`` counts exactly the selected items (tokens for causal LMs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..policies import get_policy
+from ..reference import Reference
+from ..scorer import Scorer
+from ..selector import OnlineSelector, SelectedBatch
+from .losses import SampleLosses, causal_lm_labels, loss_for_model
+from .tokens import TokenSelection, kept_token_count, select_tokens
+
+__all__ = ["SelectiveTrainer", "SELECTOR_STATE_NAME"]
+
+logger = logging.getLogger(__name__)
+
+SELECTOR_STATE_NAME = "selector_state.pt"
+
+
+class SelectiveTrainer(Trainer):
+    """``transformers.Trainer`` with online in-batch selection.
+
+    Takes every ``Trainer`` argument unchanged, plus:
+
+    Args:
+        keep: k as a count or a ratio of the candidate batch; setting it turns selection on. With no
+            ``keep`` and no ``selector`` the trainer behaves exactly like ``Trainer``.
+        policy: a policy name (see :data:`online_select.POLICIES`); default
+            ``"predicted_learnability"`` when a ``reference`` is given, else ``"predicted_loss"``.
+        scorer: the co-trained :class:`~online_select.Scorer` (default ``Scorer()`` when the policy
+            needs one).
+        reference: a :class:`~online_select.Reference` (e.g. a ``ReferenceTable`` of precomputed
+            losses per sample id, see :func:`online_select.hf.reference_table`).
+        explore: fraction of k picked uniformly at random.
+        selection_options: further :class:`~online_select.OnlineSelector` keyword arguments
+            (``rule``, ``temperature``, ``label_floor``, ``warmup_steps``, ``on_nonfinite``...).
+        selector: a ready :class:`~online_select.OnlineSelector` instead of the arguments above.
+        per_sample_loss: ``"causal_lm"``, ``"sequence_classification"``, a function
+            ``(model, batch) -> [B]`` or ``None`` to detect it from the model class.
+        token_selection: a :class:`~online_select.hf.TokenSelection` for Rho-1-style token-level
+            selection within the selected sequences (causal LMs).
+        id_column: the dataset column with stable sample ids (see :func:`online_select.hf.add_ids`);
+            kept by ``remove_unused_columns`` and never passed to the model.
+        selection_columns: more columns the selector or scorer needs, kept and not passed to the model.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        keep: int | float | None = None,
+        policy: str | None = None,
+        scorer: Scorer | None = None,
+        reference: Reference | None = None,
+        explore: float = 0.125,
+        selection_options: Mapping[str, Any] | None = None,
+        selector: OnlineSelector | None = None,
+        per_sample_loss: str | Callable | None = None,
+        token_selection: TokenSelection | None = None,
+        id_column: str = "id",
+        selection_columns: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.id_column = id_column
+        self.selection_columns = tuple(dict.fromkeys([id_column, *selection_columns]))
+        self.token_selection = token_selection
+        self.selector = self._build_selector(selector, keep, policy, scorer, reference, explore, selection_options or {})
+        self._selecting = self.selector is not None or token_selection is not None
+        self._pending: deque[SelectedBatch | None] = deque()
+        self._token_counts = [0, 0]  # kept and real target tokens since the last log line
+        self._user_ga_scaling = self.loss_is_scaled_for_ga
+        self._per_sample = loss_for_model(self.model, per_sample_loss) if self._selecting else None
+        if token_selection is not None and getattr(self._per_sample, "kind", None) != "causal_lm":
+            raise ValueError("token_selection needs a causal LM (per_sample_loss='causal_lm')")
+        if self._selecting and self.args.n_gpu > 1:
+            raise ValueError(
+                "SelectiveTrainer does not support torch DataParallel (several GPUs in one process); "
+                "launch one process per GPU with `accelerate launch` or `torchrun`"
+            )
+        if self._selecting and self.compute_loss_func is not None:
+            raise ValueError("compute_loss_func cannot be combined with selection: pass per_sample_loss= instead")
+
+    # ---- construction -------------------------------------------------------------------------
+
+    def _build_selector(
+        self,
+        selector: OnlineSelector | None,
+        keep: int | float | None,
+        policy: str | None,
+        scorer: Scorer | None,
+        reference: Reference | None,
+        explore: float,
+        options: Mapping[str, Any],
+    ) -> OnlineSelector | None:
+        if selector is not None:
+            given = {"keep": keep, "policy": policy, "scorer": scorer, "reference": reference}
+            clash = [name for name, value in given.items() if value is not None] + list(options)
+            if clash:
+                raise ValueError(f"pass either selector= or the selection settings, not both (got {', '.join(clash)})")
+            return selector
+        if keep is None:
+            if policy is not None or scorer is not None or reference is not None:
+                raise ValueError("selection needs keep= (k as a count, or a ratio of the candidate batch)")
+            return None
+        name = policy or ("predicted_learnability" if reference is not None else "predicted_loss")
+        resolved = get_policy(name)
+        if resolved.needs_scorer and scorer is None:
+            scorer = Scorer()
+        options = dict(options)
+        if "label_floor" not in options and resolved.needs_reference:
+            num_labels = getattr(getattr(self.model, "config", None), "num_labels", 0)
+            is_classifier = type(self.model).__name__.endswith("ForSequenceClassification")
+            options["label_floor"] = 1.0 / num_labels if is_classifier and num_labels > 1 else 0.0
+        options.setdefault("seed", self.args.seed + self.args.process_index)
+        return OnlineSelector(
+            resolved,
+            keep,
+            scorer=scorer,
+            reference=reference,
+            large_loss_fn=self._large_loss,
+            explore=explore,
+            **options,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            self._signature_columns += [c for c in self.selection_columns if c not in self._signature_columns]
+
+    def _strip(self, inputs: Mapping) -> Mapping:
+        """The batch without the selection-only columns (ids etc.), as the model must see it."""
+        if not any(c in inputs for c in self.selection_columns):
+            return inputs
+        kept = {k: v for k, v in inputs.items() if k not in self.selection_columns}
+        try:
+            return type(inputs)(kept)
+        except TypeError:
+            return kept
+
+    @torch.no_grad()
+    def _large_loss(self, batch: Mapping) -> torch.Tensor:
+        """The large model's per-sample losses on a candidate batch (for policies that need them)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._per_sample.parts(self.model, self._strip(self._prepare_inputs(batch))).mean
+        finally:
+            self.model.train(was_training)
+
+    # ---- selection inside Trainer's loop --------------------------------------------------------
+
+    def _select(self, batch: Mapping) -> SelectedBatch | None:
+        if self.selector is None:
+            return None
+        ids = batch.get(self.id_column) if isinstance(batch, Mapping) else None
+        if ids is None and self.selector.needs_ids:
+            raise ValueError(
+                f"the selector needs sample ids but the batch has no {self.id_column!r} column; add stable ids "
+                "to the dataset with online_select.hf.add_ids(dataset) (or set id_column=)"
+            )
+        return self.selector.select(batch, ids=ids)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """Fetch a gradient-accumulation window of candidate batches and select within each one,
+        so that ``num_items_in_batch`` counts the selected items only."""
+        if not self._selecting:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        candidates = []
+        for _ in range(num_batches):
+            try:
+                candidates.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        selections = [self._select(batch) for batch in candidates]
+        batches = [c if s is None else s.batch for c, s in zip(candidates, selections)]
+        self._pending.clear()
+        self._pending.extend(selections)
+        num_items = self._get_num_items_in_batch(batches, device)
+        if num_items is not None and self.token_selection is not None:
+            num_items = self._kept_tokens_in_window(batches, device)
+        return batches, num_items
+
+    def _token_mask(self, batch: Mapping) -> torch.Tensor:
+        labels = causal_lm_labels(batch["input_ids"], batch.get("attention_mask"), batch.get("labels"))
+        mask = labels[:, 1:] != -100
+        if batch.get("attention_mask") is not None:
+            mask = mask & (batch["attention_mask"][:, 1:] != 0)
+        return mask
+
+    def _kept_tokens_in_window(self, batches: list, device: torch.device) -> torch.Tensor:
+        ts = self.token_selection
+        count = torch.tensor(sum(kept_token_count(self._token_mask(b), ts.keep, ts.scope) for b in batches), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if not (self._selecting and model.training and self._pending):
+            self.loss_is_scaled_for_ga = self._user_ga_scaling
+            return super().compute_loss(model, self._strip(inputs), return_outputs, num_items_in_batch)
+        selected = self._pending.popleft()
+        batch = self._strip(inputs)
+        kept_tokens = None
+        if self.token_selection is not None:
+            token_losses, mask = self._per_sample.token_losses(model, batch)
+            full = SampleLosses(token_losses.sum(1), mask.sum(1))
+            kept = select_tokens(
+                token_losses, mask, self.token_selection.keep,
+                self.token_selection.reference_losses(batch), self.token_selection.scope,
+            )
+            parts = SampleLosses((token_losses * kept).sum(1), kept.sum(1))
+            kept_tokens = (int(kept.sum()), int(mask.sum()))
+        else:
+            full = parts = self._per_sample.parts(model, batch)
+        weights = torch.ones_like(parts.sum)
+        if selected is not None:
+            self.selector.observe(selected, full.mean)  # raises on NaN/inf unless on_nonfinite="skip"
+            weights = selected.weights.to(parts.sum.device, parts.sum.dtype)
+        finite = torch.isfinite(full.mean)
+        total = torch.where(finite, weights * parts.sum, torch.zeros_like(parts.sum)).sum()
+        if num_items_in_batch is not None:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            self.loss_is_scaled_for_ga = True
+        else:
+            loss = total / torch.where(finite, parts.count, torch.zeros_like(parts.count)).sum().clamp_min(1)
+            self.loss_is_scaled_for_ga = False
+        if kept_tokens is not None:
+            self._token_counts[0] += kept_tokens[0]
+            self._token_counts[1] += kept_tokens[1]
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return super().prediction_step(model, self._strip(inputs), prediction_loss_only, ignore_keys=ignore_keys)
+
+    # ---- logging ----------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log, with the selection statistics added to the training lines."""
+        if "loss" in logs and self._selecting:
+            if self.selector is not None:
+                logs.update(self.selector.stats())
+            kept, real = self._token_counts
+            if real:
+                logs["selection/token_kept_share"] = kept / real
+                self._token_counts = [0, 0]
+        super().log(logs, start_time)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _selector_state_file(self, folder: str) -> str:
+        if self.args.world_size > 1:
+            return os.path.join(folder, f"selector_state_{self.args.process_index}.pt")
+        return os.path.join(folder, SELECTOR_STATE_NAME)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.selector is not None:
+            # Written first and atomically: a checkpoint folder never has a half-written selector state.
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            path = self._selector_state_file(folder)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            torch.save(self.selector.state_dict(), tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        super()._save_checkpoint(model, trial)
+
+    def load_selector_state(self, checkpoint: str) -> bool:
+        """Restore the selector from a checkpoint folder; False if it has no selector state."""
+        path = self._selector_state_file(checkpoint)
+        if not os.path.isfile(path):
+            return False
+        self.selector.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint`` also restores the selector's state."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint and self.selector is not None:
+            if not self.load_selector_state(str(resume_from_checkpoint)):
+                logger.warning(
+                    "checkpoint %s has no selector state (saved by a plain Trainer?): selection starts afresh",
+                    resume_from_checkpoint,
+                )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )

@@ -1,0 +1,31 @@
+"""Two CPU processes (gloo) running SelectiveTrainer, as `accelerate launch --num_processes 2` would."""
+
+import os
+
+import torch
+from accelerate import debug_launcher
+
+
+def _train(out_dir):
+    from transformers import TrainingArguments
+
+    from online_select.hf import SelectiveTrainer
+    from tests.test_hf_trainer import bert, cls_dataset
+
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=8, max_steps=4, learning_rate=1e-2,
+                             save_strategy="steps", save_steps=4, report_to=[], use_cpu=True, ddp_backend="gloo",
+                             disable_tqdm=True, logging_steps=2, seed=0)
+    trainer = SelectiveTrainer(model=bert(), args=args, train_dataset=cls_dataset(), keep=2)
+    torch.set_num_threads(1)  # after Accelerate's multi-process CPU set-up: OpenMP threads hang after a fork
+    trainer.train()
+    assert trainer.args.world_size == 2
+    assert trainer.selector.step == 4
+    torch.save({"k": trainer.selector.scorer.memory.count.sum()}, os.path.join(out_dir, f"count_{trainer.args.process_index}.pt"))
+
+
+def test_two_processes_select_locally_and_save_one_selector_state_each(tmp_path):
+    debug_launcher(_train, args=(str(tmp_path),), num_processes=2)
+    checkpoint = tmp_path / "checkpoint-4"
+    assert (checkpoint / "selector_state_0.pt").is_file() and (checkpoint / "selector_state_1.pt").is_file()
+    for rank in (0, 1):  # every scorer learns from both processes' selected samples: 4 steps x 2 processes x k=2
+        assert int(torch.load(tmp_path / f"count_{rank}.pt", weights_only=True)["k"]) == 4 * 2 * 2

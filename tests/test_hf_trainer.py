@@ -1,0 +1,178 @@
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from online_select import OnlineSelector, Scorer
+from online_select.hf import SELECTOR_STATE_NAME, SelectiveTrainer, TokenSelection, add_ids
+
+
+def gpt2(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+
+
+def bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(config)
+
+
+def lm_dataset(n=64, length=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[::3, -4:] = 0  # some padded sequences
+    labels = ids.masked_fill(mask == 0, -100)
+    return add_ids(Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}))
+
+
+def cls_dataset(n=64, length=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (n, length), generator=g)
+    return add_ids(Dataset.from_dict({"input_ids": ids.tolist(), "label": (ids[:, 0] % 3).tolist(), "note": ["x"] * n}))
+
+
+def args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-2, max_steps=6,
+                lr_scheduler_type="linear", warmup_steps=2, logging_steps=2, save_strategy="no", report_to=[],
+                seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_without_selection_it_is_exactly_trainer(tmp_path):
+    plain = Trainer(model=bert(), args=args(tmp_path / "a"), train_dataset=cls_dataset().remove_columns(["id", "note"]))
+    plain.train()
+    ours = SelectiveTrainer(model=bert(), args=args(tmp_path / "b"), train_dataset=cls_dataset())
+    ours.train()
+    assert torch.equal(params(plain.model), params(ours.model))
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_keeping_every_candidate_matches_trainer_with_gradient_accumulation(tmp_path, accumulation):
+    """Selection that keeps all B (in a shuffled order) must give Trainer's update: same token-weighted
+    loss normalisation (num_items_in_batch) and the same LR schedule. Plain SGD, so that a wrong loss
+    scale changes the update (Adam would normalise it away)."""
+    a = args(tmp_path / "a", gradient_accumulation_steps=accumulation, per_device_train_batch_size=8, optim="sgd", learning_rate=0.5)
+    plain = Trainer(model=gpt2(), args=a, train_dataset=lm_dataset().remove_columns(["id"]))
+    plain.train()
+    b = args(tmp_path / "b", gradient_accumulation_steps=accumulation, per_device_train_batch_size=8, optim="sgd", learning_rate=0.5)
+    ours = SelectiveTrainer(model=gpt2(), args=b, train_dataset=lm_dataset(), keep=8, policy="uniform", explore=0.0)
+    ours.train()
+    assert torch.allclose(params(plain.model), params(ours.model), atol=1e-6)
+    assert ours.lr_scheduler.get_last_lr() == plain.lr_scheduler.get_last_lr()
+    assert ours.state.global_step == plain.state.global_step == 6
+
+
+class LogRecorder(TrainerCallback):
+    """Receives log lines the way every report_to integration (W&B, TensorBoard...) does."""
+
+    def __init__(self):
+        self.lines = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.lines.append(dict(logs or {}))
+
+
+def test_selects_exactly_k_and_keeps_the_schedule(tmp_path):
+    model = bert()
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]) if m.training else None, with_kwargs=True)
+    recorder = LogRecorder()
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=0.25, callbacks=[recorder])
+    assert trainer.selector.policy.name == "predicted_loss"
+    trainer.train()
+    assert seen == [4] * 6  # k = 0.25 * 16, one forward per optimizer step
+    plain = Trainer(model=bert(), args=args(tmp_path / "plain"), train_dataset=cls_dataset().remove_columns(["id", "note"]))
+    plain.train()
+    assert trainer.lr_scheduler.get_last_lr() == plain.lr_scheduler.get_last_lr()
+    assert trainer.selector.step == 6 and trainer.selector.samples_seen == 6 * 16
+    logged = [line for line in recorder.lines if "loss" in line]
+    assert len(logged) == 3 and all("selection/select_ms" in line and "selection/step" in line for line in logged)
+
+
+def test_missing_ids_is_a_clear_error(tmp_path):
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset().remove_columns(["id"]), keep=4)
+    with pytest.raises(ValueError, match="add_ids"):
+        trainer.train()
+
+
+def test_selector_and_settings_are_exclusive(tmp_path):
+    selector = OnlineSelector("predicted_loss", keep=4, scorer=Scorer())
+    with pytest.raises(ValueError, match="either selector="):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), selector=selector, keep=4)
+    with pytest.raises(ValueError, match="keep="):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), policy="predicted_loss")
+
+
+def test_checkpoint_resume_restores_the_selector(tmp_path):
+    def run(out, max_steps, resume=None):
+        a = args(out, max_steps=max_steps, save_strategy="steps", save_steps=3, logging_steps=3)
+        trainer = SelectiveTrainer(model=bert(), args=a, train_dataset=cls_dataset(), keep=4)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full", 6)
+    assert os.path.isfile(tmp_path / "full" / "checkpoint-3" / SELECTOR_STATE_NAME)
+    run(tmp_path / "split", 3)
+    resumed = run(tmp_path / "split", 6, resume=True)
+    # The resumed run continued the selector from step 3 rather than starting afresh.
+    assert resumed.selector.step == full.selector.step == 6
+    assert int(resumed.selector.scorer.memory.count.sum()) == 6 * 4
+    assert torch.equal(resumed.selector.scorer.memory.count, full.selector.scorer.memory.count)
+    # What was restored is exactly what the uninterrupted run had at step 3 (safe load: weights_only).
+    fresh = SelectiveTrainer(model=bert(), args=args(tmp_path / "x"), train_dataset=cls_dataset(), keep=4)
+    assert fresh.load_selector_state(str(tmp_path / "full" / "checkpoint-3"))
+    at_3 = torch.load(tmp_path / "split" / "checkpoint-3" / SELECTOR_STATE_NAME, weights_only=True)
+    assert fresh.selector.step == at_3["step"] == 3
+    assert torch.equal(fresh.selector.scorer.memory.last_loss.nan_to_num(-1), at_3["scorer"]["memory"]["last_loss"].nan_to_num(-1))
+    assert torch.equal(fresh.selector.generator.get_state(), at_3["generator"])
+
+
+def test_evaluation_strips_ids_and_works(tmp_path):
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, eval_strategy="steps", eval_steps=3),
+                               train_dataset=cls_dataset(), eval_dataset=cls_dataset(16, seed=1), keep=4)
+    trainer.train()
+    assert any("eval_loss" in line for line in trainer.state.log_history)
+
+
+def test_token_selection_trains_on_the_kept_fraction(tmp_path):
+    reference = gpt2(seed=3)
+    trainer = SelectiveTrainer(model=gpt2(), args=args(tmp_path, per_device_train_batch_size=8), train_dataset=lm_dataset(),
+                               keep=4, policy="uniform", token_selection=TokenSelection(keep=0.5, reference=reference))
+    trainer.train()
+    shares = [line["selection/token_kept_share"] for line in trainer.state.log_history if "selection/token_kept_share" in line]
+    assert shares and all(abs(s - 0.5) < 0.02 for s in shares)
+
+
+def test_token_selection_alone_needs_a_causal_lm(tmp_path):
+    with pytest.raises(ValueError, match="causal LM"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), token_selection=TokenSelection(0.5))
+
+
+def test_policy_scoring_with_the_large_model_itself(tmp_path):
+    model = bert()
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path, max_steps=2), train_dataset=cls_dataset(), keep=4,
+                               policy="large_loss", explore=0.0)
+    scored = []
+    original = trainer._large_loss
+    trainer.selector.large_loss_fn = lambda batch: scored.append(len(batch["input_ids"])) or original(batch)
+    trainer.train()
+    assert scored == [16, 16]  # every candidate scored by the large model, once per step
+    assert trainer.selector.step == 2 and trainer.selector.scorer is None

@@ -1,0 +1,134 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from online_select.bench import Comparison, RunSummary, summarise_run
+from online_select.cli import main
+from online_select.lm_corpus import JUNK_KINDS, BigramLM, build_noisy_corpus, garble, split_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the nation congress people state government year law public great country war peace trade "
+         "duty power union right good should which would their have been those every upon").split()
+
+
+def write_corpus(folder: Path, docs: int = 40, words: int = 700, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        sentences = []
+        for _ in range(words // 10):
+            sentence = " ".join(rng.choice(WORDS) for _ in range(10))
+            sentences.append(sentence.capitalize() + ".")
+        (folder / f"{d:03d}.txt").write_text(" ".join(sentences))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_folder(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("sotu"))
+
+
+def test_noisy_corpus_mixes_the_asked_fraction_of_each_junk_kind(text_folder):
+    from online_select.lm_corpus import read_text_folder
+
+    corpus = build_noisy_corpus(read_text_folder(text_folder), block_size=32, vocab_size=300, clean_blocks=60,
+                                validation_blocks=4, junk_fraction=0.4)
+    assert corpus.train.shape[1] == 32 and corpus.validation.shape == (4, 32)
+    assert int((corpus.kind == 0).sum()) == 60
+    assert abs(float(corpus.noisy.float().mean()) - 0.4) < 0.03
+    assert set(corpus.kind.unique().tolist()) == set(range(1 + len(JUNK_KINDS)))
+    assert int(corpus.train.max()) < corpus.vocab_size
+
+
+def test_documents_split_disjointly_and_garble_corrupts():
+    docs = [f"doc {i}" for i in range(45)]
+    split = split_documents(docs)
+    assert sum(len(v) for v in split.values()) == 45
+    assert not set(split["validation"]) & set(split["train"]) and not set(split["holdout"]) & set(split["train"])
+    text = "the government of the united states shall meet in congress every year"
+    garbled = garble(text, random.Random(0), rate=0.3)
+    assert garbled != text and len(garbled) > len(text) // 2
+
+
+def test_bigram_reference_scores_seen_text_lower_than_random_tokens():
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.arange(20).repeat(10)[None, :].expand(8, -1) % 20
+    lm = BigramLM(50).fit(pattern)
+    random_blocks = torch.randint(0, 50, (8, 200), generator=g)
+    assert float(lm.features(pattern)[:, 0].mean()) < float(lm.features(random_blocks)[:, 0].mean())
+
+
+def _lm_args(folder, out, *extra):
+    return [f"data.path={folder}", f"output_dir={out}", "data.max_length=32", "data.extra.vocab_size=300",
+            "data.extra.clean_blocks=60", "data.extra.validation_blocks=4", "model.width=16",
+            "model.extra.layers=1", "model.extra.heads=2", "selection.candidate_batch_size=16", "selection.keep=4",
+            "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3", "train.warmup_steps=1",
+            "train.progress=false", "train.threads=1", "logging.trackers=[]", *extra]
+
+
+def test_lm_recipe_trains_resumes_and_benches_on_eval_loss(text_folder, tmp_path):
+    recipe = str(ROOT / "recipes" / "lm_noisy_corpus.yaml")
+    out = tmp_path / "run"
+    assert main(["train", recipe, *_lm_args(text_folder, out, "train.max_steps=3")]) == 0
+    assert main(["train", recipe, *_lm_args(text_folder, out, "train.resume=auto")]) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/loss" in line]
+    assert [line["step"] for line in evals] == [0, 3, 6]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert 0.0 <= evals[-1]["selection/noisy_share"] <= 1.0
+    bench_out = tmp_path / "bench"
+    assert main(["bench", recipe, "--policies", "uniform,predicted_learnability", "--out", str(bench_out),
+                 *_lm_args(text_folder, tmp_path / "b")]) == 0
+    table = (bench_out / "bench.md").read_text()
+    assert "best loss" in table and "| predicted_learnability |" in table
+
+
+def test_bench_min_metric_reaches_a_target_from_above():
+    curve = [{"step": 0, "wall_s": 0.0, "eval/loss": 5.0}, {"step": 10, "wall_s": 1.0, "eval/loss": 3.0},
+             {"step": 20, "wall_s": 2.0, "eval/loss": 3.5}]
+    loss = Comparison("eval/loss", "min")
+    run = summarise_run("p", 0, curve, loss)
+    assert run.best == 3.0 and run.best_step == 10 and run.final == 3.5
+    assert run.first_reaching(3.2) == (10.0, 1.0)
+    steps, _ = RunSummary("u", 0, curve, loss).first_reaching(2.0)
+    assert steps != steps  # NaN: never reached
+
+
+def _tiny_encoder(folder: Path) -> str:
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), "good", "bad", "movie", "."]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("reference", ["bow", "minilm"])
+def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch, reference):
+    import online_select.text_tasks as text_tasks
+
+    rng = random.Random(0)
+    texts, labels = [], []
+    for _ in range(400):
+        y = rng.randrange(2)
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(6)) + (" good movie ." if y else " bad movie ."))
+        labels.append(y)
+    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name: (texts, labels))
+    model_dir = _tiny_encoder(tmp_path / "encoder")
+    out = tmp_path / "rt"
+    recipe = str(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml")
+    args = [f"model.pretrained_path={model_dir}", f"output_dir={out}", "data.extra.test_size=100", "data.max_length=16",
+            "selection.candidate_batch_size=32", "selection.keep=8", "train.max_steps=6", "train.eval_every=3",
+            "train.checkpoint_every=0", "train.progress=false", "train.threads=1", "logging.trackers=[]",
+            "train.lr=0.001", "reference.epochs=1", f"reference.model={reference}"]
+    assert main(["train", recipe, *args]) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
+    assert [line["step"] for line in evals] == [0, 3, 6]
+    assert evals[-1]["reference_ids"] == 300 and "selection/noisy_share" in evals[-1]
