@@ -24,6 +24,7 @@ __all__ = ["Task", "ImageClassificationTask", "TASK_BUILDERS", "TASK_METRICS", "
 class Task:
     """The interface the ready loop uses. Subclasses fill it in for a kind of data."""
 
+    config: Config
     num_classes: int = 0
     loss: ClassificationLoss
     noise_key: str | None = "noisy"
@@ -41,6 +42,16 @@ class Task:
         return None
 
     def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
+        """The reference the recipe asks for (none, a saved table, or one trained by the task) and a report
+        of how it was built."""
+        ref = self.config.reference
+        if ref.kind == "none":
+            return None, {}
+        if ref.kind == "file":
+            return load_reference_file(ref.path), {}
+        return self.train_reference(seed)
+
+    def train_reference(self, seed: int) -> tuple[Reference, dict]:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -134,12 +145,8 @@ class ImageClassificationTask(Task):
             rows = order[start : start + batch_size]
             yield {"input": self.train_x[rows], "label": self.train_y[rows], "id": rows}
 
-    def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
+    def train_reference(self, seed: int) -> tuple[Reference, dict]:
         ref = self.config.reference
-        if ref.kind == "none":
-            return None, {}
-        if ref.kind == "file":
-            return load_reference_file(ref.path), {}
         if ref.model != "mlp":
             raise ValueError(f"unknown reference.model {ref.model!r}; expected mlp")
         torch.manual_seed(seed + 7919)

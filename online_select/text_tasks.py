@@ -14,6 +14,7 @@ import bz2
 import csv
 import io
 import math
+import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +29,7 @@ from .data import TensorLoader, symmetric_label_noise
 from .hf.losses import CausalLMLoss, SequenceClassificationLoss
 from .losses import classification_features
 from .reference import Reference, ReferenceTable, train_model
-from .tasks import Task, load_reference_file
+from .tasks import Task
 
 __all__ = ["RottenTomatoesTask", "NoisyCorpusLMTask", "load_rotten_tomatoes", "minilm_path", "HashedBagOfWords"]
 
@@ -190,14 +191,8 @@ class RottenTomatoesTask(Task):
                     p.requires_grad_(False)
         return model
 
-    def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
+    def train_reference(self, seed: int) -> tuple[Reference, dict]:
         ref = self.config.reference
-        if ref.kind == "none":
-            return None, {}
-        if ref.kind == "file":
-            return load_reference_file(ref.path), {}
-        import time
-
         start = time.perf_counter()
         if ref.model == "bow":
             inputs, make_model = HashedBagOfWords.encode(self.train_texts), HashedBagOfWords
@@ -326,16 +321,10 @@ class NoisyCorpusLMTask(Task):
                             bos_token_id=0, eos_token_id=0)
         return GPT2LMHeadModel(config)
 
-    def build_reference(self, seed: int) -> tuple[Reference | None, dict]:
-        import time
-
+    def train_reference(self, seed: int) -> tuple[Reference, dict]:
         from .lm_corpus import BigramLM
 
         ref = self.config.reference
-        if ref.kind == "none":
-            return None, {}
-        if ref.kind == "file":
-            return load_reference_file(ref.path), {}
         if ref.model != "bigram":
             raise ValueError(f"unknown reference.model {ref.model!r} for noisy_corpus_lm; expected bigram")
         start = time.perf_counter()
