@@ -15,11 +15,14 @@ import copy
 import json
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+import yaml
+
+from .config import Config, config_from_dict, config_to_dict
 from .distributed import is_main_process
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "RunSummary",
     "bench_table",
     "targets_table",
+    "time_split_table",
     "plot_runs",
 ]
 
@@ -137,10 +141,10 @@ def summarise_run(
     return summary
 
 
-def _fmt(values: list[float], digits: int = 0, scale: float = 1.0) -> str:
+def _fmt(values: list[float], digits: int = 0, scale: float = 1.0, missing: str = "never") -> str:
     finite = [v * scale for v in values if v == v and not math.isinf(v)]
     if not finite:
-        return "never"
+        return missing
     mean = statistics.fmean(finite)
     text = f"{mean:.{digits}f}"
     if len(finite) > 1:
@@ -184,13 +188,29 @@ def bench_table(runs: dict[str, list[RunSummary]]) -> str:
             *(_speedups(run, uniform[run.seed], uniform[run.seed].best) for run in summaries)
         )
         noisy = _fmt([r.noisy_share for r in summaries], 1, 100)
+        spearman = _fmt([r.spearman for r in summaries], 2, missing="–")
         base = _fmt([r.base_noisy_share for r in summaries], 1, 100)
         rows.append(
             f"| {policy} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | {_fmt(list(secs), 1)} | "
             f"{_ratio(list(time_ratio))} | {_fmt([r.best for r in summaries], digits, scale)} | "
             f"{_fmt([r.final for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
-            f"{_fmt([r.step_ms for r in summaries], 1)} | {noisy} ({base}) | {_fmt([r.spearman for r in summaries], 2)} |"
+            f"{_fmt([r.step_ms for r in summaries], 1)} | {noisy} ({base}) | {spearman} |"
         )
+    return "\n".join(rows) + "\n"
+
+
+TIME_PARTS = (("load", "loading"), ("select", "scoring B candidates"), ("large", "large step on k"),
+              ("observe", "scorer update + bookkeeping"))
+
+
+def time_split_table(runs: dict[str, list[RunSummary]]) -> str:
+    """Mean milliseconds per step of each part of a step (from the runs' ``time/*_ms``), and the selection
+    overhead (scoring + scorer update) as % of the large model's step."""
+    header = "| policy | " + " | ".join(f"{label} ms" for _, label in TIME_PARTS) + " | overhead % of large step |"
+    rows = [header, "|" + "---|" * (len(TIME_PARTS) + 2)]
+    for policy, summaries in runs.items():
+        parts = [_fmt([_mean_of(r.curve, f"time/{part}_ms") for r in summaries], 2, missing="–") for part, _ in TIME_PARTS]
+        rows.append(f"| {policy} | " + " | ".join(parts) + f" | {_fmt([r.overhead_pct for r in summaries], 1)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -245,13 +265,31 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
             ax.set_ylim(min(all_values) - 0.05, min(max(all_values), min(all_values) + 3))
     axes[0].legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def _finished(cfg: Config, out: Path, metric: str) -> bool:
+    """Whether ``out`` holds a completed run of exactly ``cfg`` (same resolved config, last eval at max_steps)."""
+    config_file, metrics_file = out / "config.yaml", out / "metrics.jsonl"
+    if not (config_file.is_file() and metrics_file.is_file()):
+        return False
+    # Read back through the config schema, so a run saved before a setting existed compares at its default.
+    if config_to_dict(config_from_dict(yaml.safe_load(config_file.read_text()))) != config_to_dict(cfg):
+        return False
+    steps = [line["step"] for line in read_metrics(metrics_file, metric)]
+    return bool(steps) and steps[-1] == cfg.train.max_steps
+
+
 def _run_one(
-    config: Config, policy: str, seed: int, out: Path, overrides: dict[str, Any], comparison: Comparison
+    config: Config,
+    policy: str,
+    seed: int,
+    out: Path,
+    overrides: dict[str, Any],
+    comparison: Comparison,
+    reuse: bool = False,
 ) -> RunSummary:
     from .loop import train
 
@@ -263,7 +301,11 @@ def _run_one(
     cfg.train.progress = False
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
-    train(cfg)
+    if reuse and _finished(cfg, out, comparison.metric):
+        if is_main_process():
+            print(f"bench: reusing the finished run in {out}", flush=True)
+    else:
+        train(cfg)
     return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl", comparison.metric), comparison)
 
 
@@ -288,8 +330,11 @@ def run_bench(
     metric: str | None = None,
     mode: str | None = None,
     targets: list[float] | None = None,
+    reuse: bool = False,
 ) -> dict[str, list[RunSummary]]:
-    """Run every policy for every seed (in that order, seeds outermost), then write the reports."""
+    """Run every policy for every seed (in that order, seeds outermost), then write the reports. With
+    ``reuse``, a run whose folder already holds a finished run of the same resolved config is read back,
+    not run again (an interrupted bench continues; tables can be rewritten)."""
     comparison = comparison_for(config, metric, mode, smooth)
     if "uniform" not in policies:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
@@ -302,7 +347,7 @@ def run_bench(
         for policy in policies:
             if is_main_process():
                 print(f"bench: {policy} seed {seed}", flush=True)
-            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, comparison))
+            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, comparison, reuse))
     sel = config.selection
     noise = f", label_noise={config.data.label_noise}" if comparison.metric == METRIC else ""
     heading = (
@@ -312,11 +357,12 @@ def run_bench(
         f"smoothed over {comparison.smooth} eval(s)\n\n"
     )
     report = heading + bench_table(runs)
+    report += "\nPer-step time split (mean over evals and seeds):\n\n" + time_split_table(runs)
     if targets:
         report += "\nSteps and seconds to fixed targets (mean ± std over seeds; speed-up vs uniform):\n\n"
         report += targets_table(runs, targets)
     if sweep_ratios:
-        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, comparison)
+        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, comparison, reuse)
     if not is_main_process():  # under accelerate launch / torchrun every process ran; one reports
         return runs
     (out / "bench.md").write_text(report)
@@ -337,6 +383,7 @@ def _sweep(
     runs: dict[str, list[RunSummary]],
     out: Path,
     comparison: Comparison,
+    reuse: bool = False,
 ) -> str:
     """B/k sweep of each non-uniform policy: k fixed, candidate batch B = ratio * k."""
     from .loop import resolve_keep_count
@@ -360,6 +407,7 @@ def _sweep(
                     out / "sweep" / f"{policy}-r{ratio}" / f"seed{seed}",
                     {"candidate_batch_size": ratio * k, "keep": k},
                     comparison,
+                    reuse,
                 )
                 for seed in range(seeds)
             ]

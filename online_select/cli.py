@@ -38,6 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
         metric=args.metric,
         mode=args.mode,
         targets=[float(t) for t in args.targets.split(",")] if args.targets else None,
+        reuse=args.reuse,
     )
     return 0
 
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--metric", default=None, help="eval metric to compare on (default: the task's, e.g. eval/accuracy)")
     bench.add_argument("--mode", default=None, choices=["max", "min"], help="whether higher (max) or lower (min) is better")
+    bench.add_argument(
+        "--reuse", action="store_true",
+        help="read back runs already finished in --out with the same config instead of running them again",
+    )
     bench.set_defaults(func=_bench)
 
     report = sub.add_parser("report", help="turn runs' metrics.jsonl into a self-contained HTML page (offline)")

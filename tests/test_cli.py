@@ -73,6 +73,22 @@ def test_bench_writes_table_and_plot(tiny_idx_folder, tmp_path):
     assert "steps to uniform's best" in table and "noisy share selected" in table
     assert (out / "bench.png").stat().st_size > 10_000
     assert (out / "predicted_learnability" / "seed1" / "metrics.jsonl").exists()
+    assert "Per-step time split" in table and "| scoring B candidates ms |" in table
+
+
+def test_bench_reuse_reads_back_finished_runs_and_reruns_changed_ones(tiny_idx_folder, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", str(RECIPE), "--policies", "uniform", "--out", str(out), "--reuse"]
+    small = _small(tiny_idx_folder, tmp_path / "runs")
+    assert main(args + small) == 0
+    metrics = out / "uniform" / "seed0" / "metrics.jsonl"
+    written = metrics.read_text()
+    capsys.readouterr()
+    assert main(args + small) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+    assert metrics.read_text() == written
+    assert main(args + small + ["scorer.hidden=8"]) == 0  # another config: trained again
+    assert "reusing" not in capsys.readouterr().out
 
 
 def test_targets_table_and_missing_speedups():
