@@ -73,6 +73,7 @@ class ScorerConfig:
     objective: str = "rank_mse"
     use_memory: bool = True
     age_scale: float = 1000.0
+    update_every: int = 1  # one scorer optimizer step per this many large-model steps, on all their samples
     model: str = "none"  # none | a small input model from the task's builders (e.g. mlp)
 
 

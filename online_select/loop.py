@@ -97,6 +97,7 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
             objective=config.scorer.objective,
             use_memory=config.scorer.use_memory,
             age_scale=config.scorer.age_scale,
+            update_every=config.scorer.update_every,
         )
     label_floor = task.label_floor() if sel.label_floor == "auto" else float(sel.label_floor)
     selector = OnlineSelector(

@@ -93,3 +93,49 @@ def test_memory_lookup_of_unseen_ids_leaves_the_state_unchanged():
     assert loss[0].item() == pytest.approx(0.7) and torch.isnan(loss[1]) and step.tolist() == [3, 0] and count.tolist() == [1, 0]
     for key, value in memory.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_update_every_learns_once_per_m_observations_on_all_of_them(with_model):
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2) if with_model else None
+    every, once = (Scorer(copy.deepcopy(model), update_every=m, model_input=lambda b: b["x"]) for m in (3, 1))
+    steps = []
+    for step in range(3):
+        ids = torch.arange(8 * step, 8 * step + 8)
+        batch = {"x": torch.randn(8, 4, generator=g)}
+        steps.append((every.features(batch, ids, step), torch.rand(8, generator=g), ids, batch))
+    head = None
+    torch.manual_seed(0)  # the same head initialisation for both scorers (built at their first update)
+    for step, (features, loss, ids, batch) in enumerate(steps):
+        every.update(features, loss, ids, step, batch)
+        if step == 0:
+            head = [p.clone() for p in every.head.parameters()]
+        assert every.memory.lookup(ids)[2].tolist() == [1] * 8  # the memory never waits
+        assert every.updates == (1 if step == 2 else 0)
+    assert any(not torch.equal(a, b) for a, b in zip(head, every.head.parameters()))
+    # the one update equals a single update on the three observations concatenated
+    features = torch.cat([s[0] for s in steps])
+    batch = {"x": torch.cat([s[3]["x"] for s in steps])}
+    torch.manual_seed(0)
+    once.update(features, torch.cat([s[1] for s in steps]), torch.cat([s[2] for s in steps]), 2, batch)
+    assert torch.allclose(every.predict(features, batch), once.predict(features, batch))
+
+
+def test_update_every_keeps_waiting_observations_across_a_state_dict_round_trip():
+    a, b = Scorer(update_every=2), Scorer(update_every=2)
+    ids = torch.arange(8)
+    features = a.features(None, ids, 0)
+    a.update(features, torch.rand(8), ids, 0)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    loss = torch.rand(8)
+    for scorer in (a, b):
+        scorer.update(features, loss, ids, 1)
+    assert a.updates == b.updates == 1
+    assert torch.equal(a.predict(features), b.predict(features))
+
+
+def test_update_every_must_be_positive():
+    with pytest.raises(ValueError, match="update_every"):
+        Scorer(update_every=0)
