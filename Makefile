@@ -9,7 +9,7 @@ TORCH_CPU ?= -r requirements-cpu.txt
 TORCH_INDEX ?=
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= runs/demo
-DEMO_ARGS ?= train.max_steps=1500
+DEMO_ARGS ?= train.max_steps=1500 train.eval_every=250 --targets 0.85,0.87
 
 .PHONY: install torch data text-data demo test
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 70 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 85 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -31,6 +31,11 @@ done
 # 5. Host memory over a long run: peak RSS at 1k and 10k steps (metrics.jsonl: sys/peak_rss_mb).
 online-select train "$recipe" output_dir="$out/long10k" train.max_steps=10000 train.eval_every=1000 \
     train.checkpoint_every=0 logging.trackers=[] train.threads=2
+python3 benchmarks/peak_rss.py "$out/long10k" | tee "$out/long10k/rss.md"
 
 # 6. Which scorer ranks candidates best (Spearman vs the exact large-model loss), one run.
 python3 benchmarks/scorer_study.py --steps=3000 --audit-every=250 train.threads=2 | tee "$out/scorer_study.md"
+sed -n "/^Scorer study/,\$p" "$out/scorer_study.md" > "$out/scorer_table.md"
+
+# 7. What each lever gives (scorer update interval, warm-up, exploration, temperature, top-k), one seed.
+python3 benchmarks/levers.py "$out/levers" train.max_steps=1500 "${common[@]}" | tee "$out/levers.md"

@@ -1,0 +1,62 @@
+"""What each lever gives: the recipe run once per variant (a list of overrides), side by side.
+
+Every variant is compared with the first one (the baseline, normally uniform) on steps and training
+seconds to the baseline's best accuracy, best accuracy, selection overhead as % of the large step,
+the scorer's Spearman on the exploration picks and the noisy share of the selection.
+
+Run: python benchmarks/levers.py OUT [recipe overrides...]        (prints a markdown table)
+A variant whose folder already holds a finished run of the same config is read back, not run again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from online_select.bench import Comparison, _finished, _fmt, _mean_of, read_metrics, summarise_run
+from online_select.config import load_config
+from online_select.loop import train
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+DEFAULT = "selection.policy=predicted_learnability"
+VARIANTS: dict[str, list[str]] = {
+    "uniform": ["selection.policy=uniform"],
+    "default (predicted_learnability)": [DEFAULT],
+    "scorer update every 4 steps": [DEFAULT, "scorer.update_every=4"],
+    "scorer update every 16 steps": [DEFAULT, "scorer.update_every=16"],
+    "200 uniform warm-up steps": [DEFAULT, "selection.warmup_steps=200"],
+    "exploration 0.25": [DEFAULT, "selection.explore=0.25"],
+    "temperature 0.3": [DEFAULT, "selection.temperature=0.3"],
+    "temperature 1.0": [DEFAULT, "selection.temperature=1.0"],
+    "hard top-k": [DEFAULT, "selection.rule=top_k"],
+}
+
+
+def main(out: str, overrides: list[str]) -> None:
+    comparison = Comparison(smooth=3)
+    summaries = {}
+    for name, extra in VARIANTS.items():
+        folder = Path(out) / name.split(" (")[0].replace(" ", "_")
+        config = load_config(RECIPE, overrides + extra + [f"output_dir={folder}", "train.progress=false"])
+        print(f"levers: {name}", file=sys.stderr, flush=True)
+        if not _finished(config, folder, comparison.metric):
+            train(config)
+        summaries[name] = summarise_run(name, 0, read_metrics(folder / "metrics.jsonl"), comparison)
+    base = next(iter(summaries.values()))
+    print(f"\nBaseline: {base.policy}, best accuracy {100 * base.best:.2f}% (smoothed over 3 evals)\n")
+    print("| variant | steps to baseline's best | seconds to baseline's best | best acc % | final acc % "
+          "| select ms | scorer update ms | overhead % of large step | Spearman (explore) | noisy share % |")
+    print("|" + "---|" * 10)
+    for name, run in summaries.items():
+        steps, secs = run.first_reaching(base.best)
+        print(
+            f"| {name} | {_fmt([steps])} | {_fmt([secs], 1)} | {100 * run.best:.2f} | {100 * run.final:.2f} "
+            f"| {_mean_of(run.curve, 'time/select_ms'):.2f} | {_mean_of(run.curve, 'time/observe_ms'):.2f} "
+            f"| {run.overhead_pct:.1f} | {_fmt([run.spearman], 2, missing='–')} | {100 * run.noisy_share:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
