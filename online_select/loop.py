@@ -427,14 +427,12 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
         observe_s = selected.timings.get("observe_s", 0.0)
-        tally.time["load"] += t1 - t0
-        tally.time["select"] += select_s
-        tally.time["observe"] += observe_s
-        tally.time["large"] += (t4 - t2) - observe_s
+        split = {"load": t1 - t0, "select": select_s, "large": (t4 - t2) - observe_s, "observe": observe_s}
+        for name, seconds in split.items():
+            tally.time[name] += seconds
         tally.steps += 1
         tally.add(candidate, selected.batch, task.noise_key, task.label_key)
         if telemetry is not None:
-            split = {"load": t1 - t0, "select": select_s, "large": (t4 - t2) - observe_s, "observe": observe_s}
             telemetry.record_step(candidate, selected, split)
         if config.logging.trace:
             trace(step)

@@ -207,10 +207,11 @@ class Scorer:
         if len(self._pending) < self.update_every:
             return self.last_loss
         pending, self._pending = self._pending, []
-        features = torch.cat([f for f, _, _ in pending])
-        observed_loss = torch.cat([o for _, o, _ in pending])
-        if self.model is not None and len(pending) > 1:
-            model_input = torch.cat([m for _, _, m in pending])
+        if len(pending) > 1:  # with update_every=1 the step's own tensors are used as they are, not copied
+            features = torch.cat([f for f, _, _ in pending])
+            observed_loss = torch.cat([o for _, o, _ in pending])
+            if self.model is not None:
+                model_input = torch.cat([m for _, _, m in pending])
         x_for_norm = features
         if self.model is not None:
             with torch.no_grad():
