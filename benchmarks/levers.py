@@ -32,15 +32,20 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def run_variant(name: str, folder: Path, overrides: list[str], comparison: Comparison) -> None:
+    """Train the recipe with ``overrides`` into ``folder``, unless a finished run of that config is there."""
+    config = load_config(RECIPE, overrides + [f"output_dir={folder}", "train.progress=false"])
+    print(f"{Path(sys.argv[0]).stem}: {name} -> {folder}", file=sys.stderr, flush=True)
+    if not _finished(config, folder, comparison.metric):
+        train(config)
+
+
 def main(out: str, overrides: list[str]) -> None:
     comparison = Comparison(smooth=3)
     summaries = {}
     for name, extra in VARIANTS.items():
         folder = Path(out) / name.split(" (")[0].replace(" ", "_")
-        config = load_config(RECIPE, overrides + extra + [f"output_dir={folder}", "train.progress=false"])
-        print(f"levers: {name}", file=sys.stderr, flush=True)
-        if not _finished(config, folder, comparison.metric):
-            train(config)
+        run_variant(name, folder, overrides + extra, comparison)
         summaries[name] = summarise_run(name, 0, read_metrics(folder / "metrics.jsonl"), comparison)
     base = next(iter(summaries.values()))
     print(f"\nBaseline: {base.policy}, best accuracy {100 * base.best:.2f}% (smoothed over 3 evals)\n")

@@ -18,7 +18,7 @@ from .reference import (
 )
 from .rules import Selection, resolve_keep, select
 from .scorer import Scorer
-from .selector import OnlineSelector, ProxyModel, SelectedBatch, spearman
+from .selector import OnlineSelector, ProxyModel, ReferenceRefresh, SelectedBatch, spearman
 from .telemetry import SelectionTelemetry
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "ReferenceTable",
     "Scorer",
     "SelectedBatch",
+    "ReferenceRefresh",
     "SelectionTelemetry",
     "Selection",
     "Signals",

@@ -82,12 +82,16 @@ class ReferenceConfig:
     """How the reference (irreducible-loss) estimates are made."""
 
     kind: str = "twin_halves"  # twin_halves | holdout | file | none
-    model: str = "mlp"
+    model: str = "mlp"  # mlp | small_cnn (image tasks)
     hidden: int = 128
+    width: int = 8  # small_cnn channels
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 128
     path: str = ""  # for kind=file: a safetensors file with `losses` (and optional `features`)
+    # Fractions of train.max_steps at which the large model re-judges the labels of the samples it has
+    # not trained on yet: its loss replaces the reference loss there (OnlineSelector.refresh_reference).
+    refresh_at: list = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +107,9 @@ class SelectionConfig:
     importance_weights: bool = False
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0
+    # A sample trained on this many times whose observed loss still puts its label under the label floor
+    # becomes ineligible (OnlineSelector.reject_unlearned); 0: never.
+    reject_after: int = 0
     on_nonfinite: str = "raise"
     distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
 

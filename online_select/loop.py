@@ -112,6 +112,7 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
         importance_weights=sel.importance_weights,
         label_floor=label_floor,
         warmup_steps=sel.warmup_steps,
+        reject_after=sel.reject_after,
         on_nonfinite=sel.on_nonfinite,
         id_key="id",
         seed=config.seed,
@@ -164,6 +165,8 @@ class _Tally:
         self.class_counts = torch.zeros(max(self.num_classes, 1), dtype=torch.long)
         self.time = dict.fromkeys(self.TIMES, 0.0)
         self.steps = 0
+        self.rejected = 0
+        self.rejected_noisy = 0
 
     def add(self, candidate: dict, selected: dict, noise_key: str | None, label_key: str | None) -> None:
         self.selected += len(selected["id"])
@@ -175,17 +178,30 @@ class _Tally:
             counts = torch.bincount(selected[label_key].cpu(), minlength=self.num_classes)
             self.class_counts += counts[: self.num_classes]
 
+    def add_rejected(self, rejected_ids: torch.Tensor | None, selected: dict, noise_key: str | None) -> None:
+        """Count this process's samples the selector just made ineligible (``reject_after``)."""
+        if rejected_ids is None or not rejected_ids.numel():
+            return
+        mine = torch.isin(selected["id"].cpu(), rejected_ids)
+        self.rejected += int(mine.sum())
+        if noise_key and noise_key in selected:
+            self.rejected_noisy += int(selected[noise_key].cpu()[mine].sum())
+
     def _vector(self) -> torch.Tensor:
         counts = [self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps]
         times = [self.time[name] for name in self.TIMES]
-        return torch.cat([torch.tensor(counts + times, dtype=torch.float64), self.class_counts.double()])
+        rejected = torch.tensor([self.rejected, self.rejected_noisy], dtype=torch.float64)
+        return torch.cat([torch.tensor(counts + times, dtype=torch.float64), self.class_counts.double(), rejected])
 
     def _from_vector(self, vector: torch.Tensor) -> None:
         values = vector.tolist()
         counts = [int(v) for v in values[:5]]
         self.selected, self.selected_noisy, self.candidates, self.candidates_noisy, self.steps = counts
         self.time = dict(zip(self.TIMES, values[5:9]))
-        self.class_counts = vector[9:].round().long()
+        classes = max(self.num_classes, 1)
+        self.class_counts = vector[9 : 9 + classes].round().long()
+        # Checkpoints written before the rejection counts existed end with the class counts.
+        self.rejected, self.rejected_noisy = (int(v) for v in values[9 + classes :]) if len(values) > 9 + classes else (0, 0)
 
     def state_dict(self) -> dict:
         return {"vector": self._vector()}
@@ -207,6 +223,9 @@ class _Tally:
                 share = total.class_counts.float() / total.class_counts.sum().clamp_min(1)
                 out["selection/class_share_max"] = float(share.max())
                 out["selection/class_share_min"] = float(share.min())
+        if total.rejected:
+            out["selection/rejected"] = float(total.rejected)
+            out["selection/rejected_noisy_share"] = total.rejected_noisy / total.rejected
         if total.steps:
             for name, seconds in total.time.items():
                 out[f"time/{name}_ms"] = 1000 * seconds / total.steps
@@ -321,6 +340,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
+    refresh_steps = _refresh_steps(config, task, selector)
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
     size = k if uniform else sel_cfg.candidate_batch_size
@@ -393,6 +413,23 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             with open(trace_path, "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
 
+    def refresh_reference(step: int) -> None:
+        start = time.perf_counter()
+        ids = task.train_ids[selector.untrained(task.train_ids)]
+        losses, noisy = [], []
+        with torch.no_grad():
+            for batch in task.batches_by_id(ids, 256):
+                losses.append(large_loss_fn(batch).float().cpu())
+                if task.noise_key and task.noise_key in batch:
+                    noisy.append(batch[task.noise_key].cpu())
+        refresh = selector.refresh_reference(ids, torch.cat(losses) if losses else torch.zeros(0))
+        report = refresh.metrics(torch.cat(noisy) if noisy and len(noisy) == len(losses) else None)
+        report["reference/refresh_seconds"] = time.perf_counter() - start
+        write({"step": step, "wall_s": round(clock.elapsed(), 4), **report})
+        if accelerator.is_main_process:
+            counts = ", ".join(f"{key.split('/')[1]} {value:g}" for key, value in report.items())
+            print(f"step {step}: the large model re-judged the samples it has not trained on: {counts}")
+
     def checkpoint(step: int) -> None:
         clock.pause()
         selector.check_synchronized()
@@ -432,6 +469,9 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             tally.time[name] += seconds
         tally.steps += 1
         tally.add(candidate, selected.batch, task.noise_key, task.label_key)
+        tally.add_rejected(selector.last_step.get("rejected_ids"), selected.batch, task.noise_key)
+        if step in refresh_steps:
+            refresh_reference(step)
         if telemetry is not None:
             telemetry.record_step(candidate, selected, split)
         if config.logging.trace:
@@ -462,6 +502,23 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         tracker.finish()
     accelerator.wait_for_everyone()
     return last_eval
+
+
+def _refresh_steps(config: Config, task: Task, selector: OnlineSelector) -> set[int]:
+    """The steps at which the large model re-judges the labels it has not trained on (reference.refresh_at)."""
+    fractions = config.reference.refresh_at
+    if not fractions or selector.reference is None:  # a policy without a reference has nothing to refresh
+        return set()
+    if any(not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions):
+        raise ValueError(f"reference.refresh_at must list fractions of train.max_steps in (0, 1), got {fractions}")
+    if task.train_ids is None:
+        raise ValueError(f"reference.refresh_at needs a task that loads training samples by id; {type(task).__name__} does not")
+    if not isinstance(selector.reference, ReferenceTable) or selector.scorer is None or not selector.scorer.use_memory:
+        raise ValueError(
+            "reference.refresh_at needs a reference table (reference.kind twin_halves, holdout or file) and a "
+            "policy with a scorer that keeps the loss memory (e.g. predicted_learnability, scorer.use_memory=true)"
+        )
+    return {max(1, round(f * config.train.max_steps)) for f in fractions}
 
 
 def _peak_rss_mb() -> float:

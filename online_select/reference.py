@@ -116,6 +116,16 @@ class ReferenceTable(Reference):
             return self.table[ids][:, None]
         return torch.cat([self.table[ids][:, None], self.extra[ids]], dim=1)
 
+    def replace_losses(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
+        """Overwrite the reference losses of ``ids`` (covered ids only; features are kept)."""
+        ids = self._check(ids, ids.numel())
+        losses = torch.as_tensor(losses, dtype=torch.float32).flatten()
+        if losses.numel() != ids.numel() or not bool(torch.isfinite(losses).all()):
+            raise ValueError(f"expected {ids.numel()} finite losses to replace, got {losses.numel()} (or NaN/inf)")
+        if self.table.is_inference():  # tables built under torch.inference_mode cannot be updated in place
+            self.table = self.table.clone()
+        self.table[ids] = losses
+
     def state_dict(self) -> dict:
         state = {"losses": self.table.clone()}
         if self.extra is not None:

@@ -32,13 +32,13 @@ from .distributed import (
     local_keep,
 )
 from .losses import NonFiniteLossError, check_per_sample_loss, get_field
-from .memory import check_ids
-from .policies import SIGNALS, Policy, Signals, get_policy
-from .reference import Reference
+from .memory import LossMemory, check_ids
+from .policies import SIGNALS, Policy, Signals, get_policy, plausible_labels
+from .reference import Reference, ReferenceTable
 from .rules import RULES, Selection, resolve_keep, select
 from .scorer import Scorer
 
-__all__ = ["OnlineSelector", "SelectedBatch", "ProxyModel", "spearman"]
+__all__ = ["OnlineSelector", "SelectedBatch", "ReferenceRefresh", "ProxyModel", "spearman"]
 
 ID_KEYS = ("id", "ids", "idx", "index", "sample_id")
 
@@ -100,6 +100,28 @@ class SelectedBatch:
         if per_candidate is None or self.selection_order is not None:
             return per_candidate
         return per_candidate[self.indices]
+
+
+@dataclass
+class ReferenceRefresh:
+    """What :meth:`OnlineSelector.refresh_reference` changed: the ids re-judged, and masks over them of
+    those that became eligible (``admitted``) or ineligible (``rejected``) under the label floor."""
+
+    ids: torch.Tensor
+    admitted: torch.Tensor | None = None
+    rejected: torch.Tensor | None = None
+
+    def metrics(self, noisy: torch.Tensor | None = None) -> dict[str, float]:
+        """Counts for logging; with the true noise flags of ``ids`` (known in benchmarks), the noisy
+        share of the admitted and rejected samples too."""
+        out = {"reference/refreshed": float(self.ids.numel())}
+        for name, mask in (("admitted", self.admitted), ("rejected", self.rejected)):
+            if mask is None:
+                continue
+            out[f"reference/{name}"] = float(mask.sum())
+            if noisy is not None and bool(mask.any()):
+                out[f"reference/{name}_noisy_share"] = float(noisy[mask].float().mean())
+        return out
 
 
 @dataclass
@@ -173,6 +195,9 @@ class OnlineSelector:
         importance_weights: unbiased loss weights (``rule="sample"`` only).
         label_floor: the learnability floor (``1/num_classes`` is a good value for classifiers).
         warmup_steps: steps of uniform selection first (the scorer still learns during them).
+        reject_after: when a sample has been trained on this many times and its observed loss still puts
+            its label under ``label_floor``, make it ineligible (see :meth:`reject_unlearned`); 0: never.
+            Needs a :class:`ReferenceTable` and a scorer with the loss memory.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``: drop NaN/inf losses from the step and
             count them in ``stats()["nonfinite_losses"]``.
         id_key: the batch field holding sample ids when ``ids`` is not passed to :meth:`select`.
@@ -198,6 +223,7 @@ class OnlineSelector:
         importance_weights: bool = False,
         label_floor: float = 0.0,
         warmup_steps: int = 0,
+        reject_after: int = 0,
         on_nonfinite: str = "raise",
         id_key: str | int | None = None,
         seed: int = 0,
@@ -238,6 +264,16 @@ class OnlineSelector:
         self.importance_weights = importance_weights
         self.label_floor = label_floor
         self.warmup_steps = warmup_steps
+        if reject_after < 0:
+            raise ValueError(f"reject_after must be >= 0, got {reject_after}")
+        if reject_after and (
+            not isinstance(self.reference, ReferenceTable) or self.scorer is None or not self.scorer.use_memory
+            or label_floor <= 0
+        ):
+            raise ValueError(
+                "reject_after needs a ReferenceTable reference, a scorer with the loss memory and label_floor > 0"
+            )
+        self.reject_after = reject_after
         self.on_nonfinite = on_nonfinite
         self.id_key = id_key
         self.distributed = distributed
@@ -253,6 +289,7 @@ class OnlineSelector:
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_losses = 0
+        self.unlearned_rejected = 0
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
 
@@ -475,8 +512,14 @@ class OnlineSelector:
             self.scorer.update(view.features[keep], view.losses[keep], sub_ids, self.step, sub_batch)
         if self.proxy is not None and keep.numel():
             self.proxy.update(take(view.batch, keep))
+        rejected_ids = None
+        if self.reject_after and keep.numel() and view.ids is not None:
+            unlearned = self.reject_unlearned(view.ids[keep], self.reject_after)
+            rejected_ids = unlearned.ids[unlearned.rejected]
+            self.unlearned_rejected += rejected_ids.numel()
         selected.timings["observe_s"] = time.perf_counter() - start
         self._record(view, finite, selected.timings["observe_s"])
+        self.last_step["rejected_ids"] = rejected_ids
         self.step += 1
         self.samples_seen += view.candidates
         weights = selected.weights.to(losses.device, losses.dtype)
@@ -488,6 +531,66 @@ class OnlineSelector:
             mask = finite.to(losses.device)
             return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() / max(int(mask.sum()), 1)
         return (weights * losses).mean()
+
+    def untrained(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mask of ``ids`` the large model has never been observed training on (per the loss memory)."""
+        memory = self._refresh_memory()
+        _, _, count = memory.lookup(check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel()))
+        return count == 0
+
+    def refresh_reference(self, ids: torch.Tensor, large_losses: torch.Tensor) -> ReferenceRefresh:
+        """Let the large model re-judge labels it has never trained on: its losses on ``ids`` replace the
+        reference losses there.
+
+        The reference is a small model; once the large model is better, its loss on a sample it has not
+        trained on is a held-out judgement of the label, as twin halves are, but sharper: clean but hard
+        samples the small reference rejected become eligible again, and mislabelled ones it let through
+        are caught. Ids the large model already trained on are refused (it may have memorised them).
+        """
+        if not isinstance(self.reference, ReferenceTable):
+            raise ValueError("refresh_reference needs a ReferenceTable reference (losses stored per sample id)")
+        ids = check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel())
+        large_losses = check_per_sample_loss(large_losses, ids.numel(), "large-model loss").detach().float().cpu()
+        if not bool(self.untrained(ids).all()):
+            raise ValueError("refresh_reference got ids the large model has trained on; pass untrained ones only")
+        before = self.reference.losses(None, ids)
+        self.reference.replace_losses(ids, large_losses)
+        if self.label_floor <= 0:
+            return ReferenceRefresh(ids)
+        was = plausible_labels(before, self.label_floor)
+        now = plausible_labels(large_losses, self.label_floor)
+        return ReferenceRefresh(ids, admitted=now & ~was, rejected=was & ~now)
+
+    def reject_unlearned(self, ids: torch.Tensor, min_visits: int) -> ReferenceRefresh:
+        """Make ineligible the ``ids`` the large model has trained on at least ``min_visits`` times and
+        still found unlikely (last observed ``p(label) < label_floor``): their reference loss becomes that
+        last observed loss.
+
+        A clean sample is usually learnt within a few visits; a mislabelled one that slipped past the
+        reference is not (the early-learning regime, as in area-under-the-margin filtering), and the
+        learnability score would otherwise keep picking it for as long as the large model cannot fit it.
+        Costs no forward: the loss memory already holds those losses.
+        """
+        if not isinstance(self.reference, ReferenceTable):
+            raise ValueError("reject_unlearned needs a ReferenceTable reference (losses stored per sample id)")
+        if min_visits < 1 or self.label_floor <= 0:
+            raise ValueError(f"reject_unlearned needs min_visits >= 1 and label_floor > 0, got {min_visits}, {self.label_floor}")
+        ids = check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel())
+        last_loss, _, count = self._refresh_memory().lookup(ids)
+        before = self.reference.losses(None, ids)
+        unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
+        rejected = unlearned & plausible_labels(before, self.label_floor)
+        self.reference.replace_losses(ids[rejected], last_loss[rejected])
+        return ReferenceRefresh(ids[unlearned], admitted=torch.zeros(int(unlearned.sum()), dtype=torch.bool),
+                                rejected=rejected[unlearned])
+
+    def _refresh_memory(self) -> LossMemory:
+        if self.scorer is None or not self.scorer.use_memory:
+            raise ValueError(
+                "refreshing the reference needs to know which samples the large model has trained on: "
+                "use a policy with a scorer (e.g. predicted_learnability) and scorer use_memory=True"
+            )
+        return self.scorer.memory
 
     def _needs_batch(self) -> bool:
         return self.proxy is not None or (self.scorer is not None and self.scorer.model is not None)
@@ -611,6 +714,7 @@ class OnlineSelector:
             "selection/candidate_score": sum(e["candidate_score"] for e in self._window) / len(self._window),
             "selection/eligible_share": sum(e["eligible_share"] for e in self._window) / len(self._window),
             "selection/nonfinite_losses": float(self.nonfinite_losses),
+            "selection/unlearned_rejected": float(self.unlearned_rejected),
         }
         pairs = [(e["explored_predicted"], e["explored_observed"]) for e in self._window if e["explored_predicted"] is not None]
         if pairs:
@@ -627,6 +731,7 @@ class OnlineSelector:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "nonfinite_losses": self.nonfinite_losses,
+            "unlearned_rejected": self.unlearned_rejected,
             "generator": self.generator.get_state(),
             "policy": self.policy.name,
             "window": list(self._window),
@@ -645,6 +750,7 @@ class OnlineSelector:
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.nonfinite_losses = int(state["nonfinite_losses"])
+        self.unlearned_rejected = int(state.get("unlearned_rejected", 0))
         self.generator.set_state(state["generator"])
         self._window.clear()
         self._window.extend(state.get("window", []))

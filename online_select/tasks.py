@@ -28,6 +28,7 @@ class Task:
     num_classes: int = 0
     loss: ClassificationLoss
     noise_key: str | None = "noisy"
+    train_ids: torch.Tensor | None = None  # every training sample id, for tasks that load samples by id
     label_key: str | None = "label"
 
     def train_loader(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
@@ -53,6 +54,11 @@ class Task:
 
     def train_reference(self, seed: int) -> tuple[Reference, dict]:
         raise NotImplementedError
+
+    def batches_by_id(self, ids: torch.Tensor, batch_size: int) -> Iterable[dict]:
+        """Training samples ``ids`` in batches with an ``id`` field, in order. Tasks that can set
+        :attr:`train_ids` (all training ids) and implement this; ``reference.refresh_at`` needs both."""
+        raise NotImplementedError(f"task {type(self).__name__} cannot load training samples by id")
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         raise NotImplementedError
@@ -139,6 +145,11 @@ class ImageClassificationTask(Task):
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(self.image_shape), self.config.scorer.hidden), nn.ReLU())
         raise ValueError(f"unknown scorer.model {name!r}; expected none or mlp")
 
+    def batches_by_id(self, ids: torch.Tensor, batch_size: int) -> Iterable[dict]:
+        for start in range(0, len(ids), batch_size):
+            rows = ids[start : start + batch_size]
+            yield {**self._fields(rows), "id": rows}
+
     def _batches(self, ids: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> Iterable[dict]:
         order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))] if shuffle else ids
         for start in range(0, len(order), batch_size):
@@ -147,10 +158,14 @@ class ImageClassificationTask(Task):
 
     def train_reference(self, seed: int) -> tuple[Reference, dict]:
         ref = self.config.reference
-        if ref.model != "mlp":
-            raise ValueError(f"unknown reference.model {ref.model!r}; expected mlp")
+        if ref.model not in ("mlp", "small_cnn"):
+            raise ValueError(f"unknown reference.model {ref.model!r}; expected mlp or small_cnn")
         torch.manual_seed(seed + 7919)
-        make_model = lambda: self._small_mlp(ref.hidden)  # noqa: E731
+        c, h, _ = self.image_shape
+        if ref.model == "mlp":
+            make_model = lambda: self._small_mlp(ref.hidden)  # noqa: E731
+        else:
+            make_model = lambda: small_cnn(c, self.num_classes, width=ref.width, hidden=ref.hidden, image_size=h)  # noqa: E731
         make_opt = lambda model: torch.optim.AdamW(model.parameters(), lr=ref.lr)  # noqa: E731
         ids_of = lambda batch: batch["id"]  # noqa: E731
         num_ids = len(self.train_y)

@@ -125,3 +125,29 @@ def test_smoothing_uses_trailing_means_and_skips_step_zero():
     curve = [{"step": s, "eval/accuracy": a} for s, a in [(0, 0.1), (10, 0.6), (20, 0.9), (30, 0.6)]]
     smoothed = [line["eval/accuracy"] for line in smooth_curve(curve, 3)]
     assert smoothed == pytest.approx([0.1, 0.6, 0.75, 0.7])
+
+
+def test_reference_refresh_runs_at_the_given_fractions(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    args = _small(tiny_idx_folder, out, "train.max_steps=20", "reference.refresh_at=[0.5]", "train.checkpoint_every=0")
+    assert main(["train", str(RECIPE), *args]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    refreshes = [line for line in lines if "reference/refreshed" in line]
+    assert [line["step"] for line in refreshes] == [10]
+    # 10 steps of 16 picks leave most of the 1200 generated samples untrained.
+    assert 1200 - 160 <= refreshes[0]["reference/refreshed"] < 1200
+    assert refreshes[0]["reference/refresh_seconds"] > 0 and "reference/admitted" in refreshes[0]
+    with pytest.raises(ValueError, match=r"fractions of train.max_steps in \(0, 1\)"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.refresh_at=[1.5]")])
+    with pytest.raises(ValueError, match="needs a reference table .* and a policy with a scorer"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "y", "reference.refresh_at=[0.5]",
+                                           "selection.policy=reference_filter")])
+
+
+def test_reference_model_can_be_a_small_cnn(tiny_idx_folder, tmp_path):
+    args = _small(tiny_idx_folder, tmp_path / "cnn", "train.max_steps=5", "train.eval_every=5", "train.checkpoint_every=0",
+                  "reference.model=small_cnn", "reference.width=4")
+    assert main(["train", str(RECIPE), *args]) == 0
+    assert (tmp_path / "cnn" / "reference.safetensors").exists()
+    with pytest.raises(ValueError, match="expected mlp or small_cnn"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.model=resnet")])

@@ -37,6 +37,8 @@ def _args(folder, out, *extra):
         "model.hidden=32",
         "logging.trackers=[]",
         "logging.trace=true",
+        "reference.refresh_at=[0.3]",  # at step 12: a resume must carry the refreshed reference
+        "selection.reject_after=2",
         *extra,
     ]
 
@@ -114,7 +116,8 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_
     metrics_whole = [_without_clock(line) for line in _lines(whole / "metrics.jsonl")]
     metrics_resumed = [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")]
     assert metrics_resumed == metrics_whole, f"killed at step {killed_after}"
-    assert [line["step"] for line in metrics_whole] == [0, 10, 20, 30, 40]
+    assert [line["step"] for line in metrics_whole] == [0, 10, 12, 20, 30, 40]
+    assert metrics_whole[2]["reference/refreshed"] > 0
     assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step-00000035", "step-00000040"]
 
 

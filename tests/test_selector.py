@@ -165,3 +165,81 @@ def test_state_dict_round_trip_repeats_the_same_selections():
 def test_loading_state_of_another_policy_is_an_error():
     with pytest.raises(ValueError, match="is for policy 'uniform'"):
         _selector().load_state_dict(OnlineSelector("uniform").state_dict())
+
+
+def test_refresh_reference_replaces_untrained_losses_and_counts_eligibility_changes():
+    selector = _selector()
+    selected = selector.select(_batch())
+    selector.observe(selected, torch.rand(selected.k))
+    trained = selected.batch["id"]
+    untrained = torch.tensor([900, 901, 902])
+    assert selector.untrained(torch.cat([trained, untrained])).tolist() == [False] * 8 + [True] * 3
+    table = selector.reference.table
+    table[untrained] = torch.tensor([3.0, 0.1, 0.2])  # floor 1/3: ineligible, eligible, eligible
+    refresh = selector.refresh_reference(untrained, torch.tensor([0.2, 3.0, 0.5]))
+    assert table[untrained].tolist() == pytest.approx([0.2, 3.0, 0.5])
+    assert refresh.admitted.tolist() == [True, False, False] and refresh.rejected.tolist() == [False, True, False]
+    noisy = torch.tensor([False, True, True])
+    assert refresh.metrics(noisy) == {
+        "reference/refreshed": 3.0,
+        "reference/admitted": 1.0,
+        "reference/admitted_noisy_share": 0.0,
+        "reference/rejected": 1.0,
+        "reference/rejected_noisy_share": 1.0,
+    }
+    with pytest.raises(ValueError, match="has trained on"):
+        selector.refresh_reference(trained, torch.zeros(8))
+    with pytest.raises(ValueError, match="finite losses"):
+        selector.refresh_reference(untrained, torch.tensor([0.1, float("nan"), 0.1]))
+    filter_only = OnlineSelector("reference_filter", keep=4, reference=ReferenceTable(torch.zeros(10)))
+    with pytest.raises(ValueError, match="scorer"):
+        filter_only.refresh_reference(torch.tensor([1]), torch.zeros(1))
+
+
+def test_reject_unlearned_makes_repeatedly_unfit_labels_ineligible():
+    selector = _selector()
+    table = selector.reference.table
+    table[:] = 0.1  # every label plausible to the reference (floor 1/3)
+    ids = torch.tensor([1, 2, 3])
+    memory = selector.scorer.memory
+    memory.update(ids, torch.tensor([3.0, 0.2, 3.0]), step=1)
+    memory.update(ids[:2], torch.tensor([3.0, 0.2]), step=2)
+    # id 1: two visits, still p < floor -> rejected; id 2: learnt; id 3: one visit only.
+    result = selector.reject_unlearned(torch.tensor([1, 2, 3, 4]), min_visits=2)
+    assert result.ids.tolist() == [1] and result.rejected.tolist() == [True]
+    assert table[1].item() == pytest.approx(3.0) and table[2:5].tolist() == pytest.approx([0.1, 0.1, 0.1])
+    assert selector.reject_unlearned(torch.tensor([1]), min_visits=2).rejected.tolist() == [False]
+    with pytest.raises(ValueError, match="min_visits >= 1"):
+        selector.reject_unlearned(ids, min_visits=0)
+
+
+def test_reject_after_rejects_online_as_losses_are_observed():
+    table = ReferenceTable(torch.full((100,), 0.1))
+    selector = OnlineSelector("predicted_learnability", keep=2, scorer=Scorer(), reference=table, label_floor=1 / 3,
+                              reject_after=2, explore=0.0)
+    batch = {"input": torch.randn(2, 5), "label": torch.zeros(2, dtype=torch.long), "id": torch.tensor([7, 8])}
+    for visit in range(2):
+        selected = selector.select(batch)
+        losses = torch.where(selected.batch["id"] == 7, torch.tensor(3.0), torch.tensor(0.1))
+        selector.observe(selected, losses)
+        assert table.table[7].item() == pytest.approx(3.0 if visit == 1 else 0.1)
+    assert selector.last_step["rejected_ids"].tolist() == [7]
+    assert selector.stats()["selection/unlearned_rejected"] == 1 and table.table[8].item() == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="reject_after needs a ReferenceTable"):
+        OnlineSelector("reference_filter", keep=2, reference=table, label_floor=0.3, reject_after=2)
+
+
+def test_loop_tally_counts_rejections_and_reads_older_checkpoints():
+    from online_select.loop import _Tally
+
+    tally = _Tally(num_classes=3)
+    selected = {"id": torch.tensor([4, 5, 6]), "noisy": torch.tensor([True, False, True])}
+    tally.add_rejected(torch.tensor([4, 6, 99]), selected, "noisy")  # 99: rejected on another process
+    tally.add_rejected(None, selected, "noisy")
+    assert (tally.rejected, tally.rejected_noisy) == (2, 2)
+    again = _Tally(num_classes=3)
+    again.load_state_dict(tally.state_dict())
+    assert (again.rejected, again.rejected_noisy) == (2, 2)
+    older = {"vector": tally.state_dict()["vector"][:-2]}  # written before the rejection counts existed
+    again.load_state_dict(older)
+    assert (again.rejected, again.rejected_noisy) == (0, 0) and again.class_counts.tolist() == [0, 0, 0]
