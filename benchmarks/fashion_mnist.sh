@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 85 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 150 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -39,3 +39,11 @@ sed -n "/^Scorer study/,\$p" "$out/scorer_study.md" > "$out/scorer_table.md"
 
 # 7. What each lever gives (scorer update interval, warm-up, exploration, temperature, top-k), one seed.
 python3 benchmarks/levers.py "$out/levers" train.max_steps=1500 "${common[@]}" | tee "$out/levers.md"
+
+# 8. Noise levers at the long budget: the large model re-judging the reference (reference.refresh_at) and
+#    rejecting labels it cannot learn (selection.reject_after), 3 seeds, 4000 steps.
+python3 benchmarks/reference_refresh.py "$out/refresh" 3 train.max_steps=4000 "${common[@]}" | tee "$out/refresh.md"
+python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 train.max_steps=1500 "${common[@]}" | tee "$out/refresh1500.md"
+
+# 9. The noise ceiling: clean labels, the reference's filter and an oracle filter, one seed, 4000 steps.
+python3 benchmarks/noise_ceiling.py "$out/noise_ceiling" train.max_steps=4000 "${common[@]}" | tee "$out/noise_ceiling.md"

@@ -428,7 +428,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         write({"step": step, "wall_s": round(clock.elapsed(), 4), **report})
         if accelerator.is_main_process:
             counts = ", ".join(f"{key.split('/')[1]} {value:g}" for key, value in report.items())
-            print(f"step {step}: the large model re-judged the samples it has not trained on: {counts}")
+            print(f"step {step}: the large model re-judged the samples it has not trained on: {counts}", file=sys.stderr)
 
     def checkpoint(step: int) -> None:
         clock.pause()

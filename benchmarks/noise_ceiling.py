@@ -1,0 +1,74 @@
+"""How much of the gap to clean training is the label filter's: uniform and `reference_filter` on clean
+and on 30%-noisy labels, and an oracle filter that knows which labels were flipped. One seed each.
+
+For each run: the filter's errors (clean samples it excludes, noisy share of what it keeps, both counted
+against the task's true noise flags) and the test accuracy.
+
+Run: python benchmarks/noise_ceiling.py OUT [recipe overrides...]       (markdown on stdout)
+A run whose folder already holds a finished run of the same config is read back, not run again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from levers import RECIPE, run_variant
+
+from online_select import ReferenceTable
+from online_select.bench import Comparison, read_metrics, summarise_run
+from online_select.config import load_config
+from online_select.tasks import build_task
+
+
+def oracle_table(overrides: list[str], path: Path) -> Path:
+    """A reference table from the true noise flags: a flipped label gets p = exp(-10), a clean one p ~ 1."""
+    task = build_task(load_config(RECIPE, overrides))
+    losses = torch.where(task.is_noisy, torch.tensor(10.0), torch.tensor(0.01))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ReferenceTable(losses).save(path)
+    return path
+
+
+def filter_errors(folder: Path, overrides: list[str]) -> tuple[float, float]:
+    """(% of clean samples excluded, % noisy among the kept) of the reference table a run used."""
+    config = load_config(RECIPE, overrides)
+    task = build_task(config)
+    floor = task.label_floor() if config.selection.label_floor == "auto" else float(config.selection.label_floor)
+    path = Path(config.reference.path) if config.reference.kind == "file" else folder / "reference.safetensors"
+    kept = torch.exp(-ReferenceTable.load(path).table) >= floor
+    noisy = task.is_noisy
+    clean_excluded = 100 * float((~kept & ~noisy).sum()) / max(int((~noisy).sum()), 1)
+    noisy_kept = 100 * float((kept & noisy).sum()) / max(int(kept.sum()), 1)
+    return clean_excluded, noisy_kept
+
+
+def main(out: str, overrides: list[str]) -> None:
+    oracle = oracle_table(overrides, Path(out) / "oracle_table.safetensors")
+    variants = {
+        "uniform, clean labels": ["selection.policy=uniform", "data.label_noise=0"],
+        "reference_filter, clean labels": ["selection.policy=reference_filter", "data.label_noise=0"],
+        "uniform, 30% noise": ["selection.policy=uniform"],
+        "reference_filter (MLP twin halves), 30% noise": ["selection.policy=reference_filter"],
+        "oracle filter (true noise flags), 30% noise": [
+            "selection.policy=reference_filter", "reference.kind=file", f"reference.path={oracle}"
+        ],
+    }
+    comparison = Comparison(smooth=3)
+    print("| run | clean samples excluded % | noisy share of the kept % | best acc % | final acc % |")
+    print("|---|---|---|---|---|")
+    for name, extra in variants.items():
+        folder = Path(out) / name.split(",")[0].split(" (")[0].replace(" ", "_") / ("clean" if "clean" in name else "noisy")
+        run_variant(name, folder, overrides + extra, comparison)
+        run = summarise_run(name, 0, read_metrics(folder / "metrics.jsonl"), comparison)
+        errors = ("–", "–")
+        if "filter" in name:
+            errors = tuple(f"{v:.2f}" for v in filter_errors(folder, overrides + extra))
+        print(f"| {name} | {errors[0]} | {errors[1]} | {100 * run.best:.2f} | {100 * run.final:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
