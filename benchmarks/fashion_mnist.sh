@@ -44,6 +44,10 @@ python3 benchmarks/levers.py "$out/levers" train.max_steps=1500 "${common[@]}" |
 #    rejecting labels it cannot learn (selection.reject_after), 3 seeds, 4000 steps.
 python3 benchmarks/reference_refresh.py "$out/refresh" 3 train.max_steps=4000 "${common[@]}" | tee "$out/refresh.md"
 python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 train.max_steps=1500 "${common[@]}" | tee "$out/refresh1500.md"
+for seed in 0 1 2; do  # both levers and scorer.update_every=4
+  online-select train "$recipe" seed=$seed output_dir="$out/levers_ue4/seed$seed" train.max_steps=4000 "${common[@]}" \
+      'reference.refresh_at=[0.25,0.5,0.75]' selection.reject_after=2 selection.label_floor=0.05 scorer.update_every=4
+done
 
 # 9. The noise ceiling: clean labels, the reference's filter and an oracle filter, one seed, 4000 steps.
 python3 benchmarks/noise_ceiling.py "$out/noise_ceiling" train.max_steps=4000 "${common[@]}" | tee "$out/noise_ceiling.md"
