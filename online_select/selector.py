@@ -534,8 +534,7 @@ class OnlineSelector:
 
     def untrained(self, ids: torch.Tensor) -> torch.Tensor:
         """Mask of ``ids`` the large model has never been observed training on (per the loss memory)."""
-        memory = self._refresh_memory()
-        _, _, count = memory.lookup(check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel()))
+        _, _, count = self._refresh_memory().lookup(torch.as_tensor(ids))
         return count == 0
 
     def refresh_reference(self, ids: torch.Tensor, large_losses: torch.Tensor) -> ReferenceRefresh:
@@ -547,14 +546,14 @@ class OnlineSelector:
         samples the small reference rejected become eligible again, and mislabelled ones it let through
         are caught. Ids the large model already trained on are refused (it may have memorised them).
         """
-        if not isinstance(self.reference, ReferenceTable):
-            raise ValueError("refresh_reference needs a ReferenceTable reference (losses stored per sample id)")
-        ids = check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel())
+        table = self._reference_table("refresh_reference")
+        ids = torch.as_tensor(ids)
+        ids = check_ids(ids, ids.numel())
         large_losses = check_per_sample_loss(large_losses, ids.numel(), "large-model loss").detach().float().cpu()
         if not bool(self.untrained(ids).all()):
             raise ValueError("refresh_reference got ids the large model has trained on; pass untrained ones only")
-        before = self.reference.losses(None, ids)
-        self.reference.replace_losses(ids, large_losses)
+        before = table.losses(None, ids)
+        table.replace_losses(ids, large_losses)
         if self.label_floor <= 0:
             return ReferenceRefresh(ids)
         was = plausible_labels(before, self.label_floor)
@@ -571,18 +570,23 @@ class OnlineSelector:
         learnability score would otherwise keep picking it for as long as the large model cannot fit it.
         Costs no forward: the loss memory already holds those losses.
         """
-        if not isinstance(self.reference, ReferenceTable):
-            raise ValueError("reject_unlearned needs a ReferenceTable reference (losses stored per sample id)")
+        table = self._reference_table("reject_unlearned")
         if min_visits < 1 or self.label_floor <= 0:
             raise ValueError(f"reject_unlearned needs min_visits >= 1 and label_floor > 0, got {min_visits}, {self.label_floor}")
-        ids = check_ids(torch.as_tensor(ids), torch.as_tensor(ids).numel())
+        ids = torch.as_tensor(ids)
+        ids = check_ids(ids, ids.numel())
         last_loss, _, count = self._refresh_memory().lookup(ids)
-        before = self.reference.losses(None, ids)
+        before = table.losses(None, ids)
         unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
         rejected = unlearned & plausible_labels(before, self.label_floor)
-        self.reference.replace_losses(ids[rejected], last_loss[rejected])
+        table.replace_losses(ids[rejected], last_loss[rejected])
         return ReferenceRefresh(ids[unlearned], admitted=torch.zeros(int(unlearned.sum()), dtype=torch.bool),
                                 rejected=rejected[unlearned])
+
+    def _reference_table(self, caller: str) -> ReferenceTable:
+        if not isinstance(self.reference, ReferenceTable):
+            raise ValueError(f"{caller} needs a ReferenceTable reference (losses stored per sample id)")
+        return self.reference
 
     def _refresh_memory(self) -> LossMemory:
         if self.scorer is None or not self.scorer.use_memory:

@@ -152,9 +152,7 @@ class ImageClassificationTask(Task):
 
     def _batches(self, ids: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> Iterable[dict]:
         order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))] if shuffle else ids
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            yield {"input": self.train_x[rows], "label": self.train_y[rows], "id": rows}
+        return self.batches_by_id(order, batch_size)
 
     def train_reference(self, seed: int) -> tuple[Reference, dict]:
         ref = self.config.reference
