@@ -16,7 +16,7 @@ from .reference import (
     holdout_reference,
     twin_halves_reference,
 )
-from .rules import Selection, resolve_keep, select
+from .rules import Selection, annealed_temperature, resolve_keep, select
 from .scorer import Scorer
 from .selector import OnlineSelector, ProxyModel, ReferenceRefresh, SelectedBatch, spearman
 from .telemetry import SelectionTelemetry
@@ -43,6 +43,7 @@ __all__ = [
     "SelectionTelemetry",
     "Selection",
     "Signals",
+    "annealed_temperature",
     "batch_size",
     "check_per_sample_loss",
     "get_policy",

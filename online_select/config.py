@@ -104,6 +104,9 @@ class SelectionConfig:
     rule: str = "sample"
     explore: float = 0.125
     temperature: float = 0.1
+    # Anneal the temperature geometrically from `temperature` (first step) to this (last step of
+    # train.max_steps), relaxing selection toward uniform over the eligible samples; None: constant.
+    temperature_end: float | None = None
     importance_weights: bool = False
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0

@@ -47,6 +47,7 @@ from .checkpoint import (
 from .config import Config, config_to_dict
 from .distributed import ProcessGroup
 from .reference import ReferenceTable
+from .rules import annealed_temperature
 from .scorer import Scorer
 from .selector import OnlineSelector
 from .tasks import Task, build_task
@@ -341,6 +342,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
     refresh_steps = _refresh_steps(config, task, selector)
+    temperature_at = _temperature_schedule(config)
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
     size = k if uniform else sel_cfg.candidate_batch_size
@@ -449,6 +451,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         candidate = next(loader)
         t1 = time.perf_counter()
+        if temperature_at is not None:
+            selector.temperature = temperature_at(step)
         selected = selector.select(candidate)
         select_s = time.perf_counter() - t1
         if telemetry is not None and telemetry.audit_due(step):
@@ -482,6 +486,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             train_loss = accelerator.reduce(loss.detach(), "mean")
             line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(train_loss)}
             line["train/lr"] = scheduler.get_last_lr()[0]
+            if temperature_at is not None:
+                line["selection/temperature"] = selector.temperature
             line.update(selector.stats())
             if telemetry is not None:
                 line.update(telemetry.step_metrics())
@@ -502,6 +508,22 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         tracker.finish()
     accelerator.wait_for_everyone()
     return last_eval
+
+
+def _temperature_schedule(config: Config) -> Callable[[int], float] | None:
+    """``selection.temperature_end``: the sampling temperature of each step, or None when it is constant."""
+    sel = config.selection
+    if sel.temperature_end is None:
+        return None
+    if sel.rule != "sample":
+        raise ValueError(f"selection.temperature_end needs selection.rule=sample (got rule={sel.rule!r})")
+    max_steps = config.train.max_steps
+
+    def temperature_at(step: int) -> float:
+        return annealed_temperature(sel.temperature, sel.temperature_end, (step - 1) / max(1, max_steps - 1))
+
+    temperature_at(1)
+    return temperature_at
 
 
 def _refresh_steps(config: Config, task: Task, selector: OnlineSelector) -> set[int]:

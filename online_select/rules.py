@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Selection", "resolve_keep", "select", "RULES"]
+__all__ = ["Selection", "annealed_temperature", "resolve_keep", "select", "RULES"]
 
 RULES = ("top_k", "sample")
 
@@ -35,6 +35,19 @@ class Selection:
     @property
     def k(self) -> int:
         return int(self.indices.numel())
+
+
+def annealed_temperature(start: float, end: float, progress: float) -> float:
+    """The sampling temperature at ``progress`` in [0, 1] of a run: geometric from ``start`` to ``end``.
+
+    Raising the temperature as training goes on relaxes ``rule="sample"`` from the top of the scores
+    toward uniform sampling among the eligible candidates.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"temperature {name} must be positive and finite, got {value}")
+    progress = min(1.0, max(0.0, progress))
+    return start * (end / start) ** progress
 
 
 def resolve_keep(keep: int | float, batch_size: int) -> int:

@@ -144,6 +144,21 @@ def test_reference_refresh_runs_at_the_given_fractions(tiny_idx_folder, tmp_path
                                            "selection.policy=reference_filter")])
 
 
+def test_temperature_end_anneals_the_sampling_temperature(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    args = _small(tiny_idx_folder, out, "train.max_steps=21", "logging.log_every=10", "train.checkpoint_every=0",
+                  "selection.temperature=0.1", "selection.temperature_end=1.0")
+    assert main(["train", str(RECIPE), *args]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = {line["step"]: line["selection/temperature"] for line in lines if "selection/temperature" in line}
+    assert logged == pytest.approx({10: 0.1 ** (1 - 9 / 20), 20: 0.1 ** (1 - 19 / 20)})
+    with pytest.raises(ValueError, match="temperature_end needs selection.rule=sample"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "selection.temperature_end=1.0",
+                                           "selection.rule=top_k")])
+    with pytest.raises(ValueError, match="temperature end must be positive"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "y", "selection.temperature_end=-1")])
+
+
 def test_reference_model_can_be_a_small_cnn(tiny_idx_folder, tmp_path):
     args = _small(tiny_idx_folder, tmp_path / "cnn", "train.max_steps=5", "train.eval_every=5", "train.checkpoint_every=0",
                   "reference.model=small_cnn", "reference.width=4")

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from online_select import resolve_keep, select
+from online_select import annealed_temperature, resolve_keep, select
 
 
 @settings(max_examples=60, deadline=None)
@@ -121,3 +121,13 @@ def test_too_few_eligible_are_topped_up_by_score():
     eligible[[0, 1]] = True
     sel = select(torch.arange(10.0), 4, eligible=eligible, explore=0.25)
     assert sorted(sel.indices.tolist()) == [0, 1, 8, 9]
+
+
+def test_annealed_temperature_is_geometric_between_its_ends():
+    assert annealed_temperature(0.1, 1.0, 0.0) == pytest.approx(0.1)
+    assert annealed_temperature(0.1, 1.0, 0.5) == pytest.approx(0.1**0.5)
+    assert annealed_temperature(0.1, 1.0, 1.0) == pytest.approx(1.0)
+    assert annealed_temperature(0.1, 1.0, 2.0) == pytest.approx(1.0)
+    assert annealed_temperature(1.0, 0.1, 0.5) == pytest.approx(0.1**0.5)
+    with pytest.raises(ValueError, match="temperature end must be positive"):
+        annealed_temperature(0.1, 0.0, 0.5)
