@@ -155,9 +155,12 @@ def _fmt(values: list[float], digits: int = 0, scale: float = 1.0, missing: str 
 
 
 def _ratio(values: list[float]) -> str:
-    """Speed-ups (uniform's steps or seconds over the policy's), '–' where the policy never got there."""
+    """Speed-ups (uniform's steps or seconds over the policy's) over the seeds that got there; '–' if none.
+
+    How many seeds got there is the steps cell's to say, so it is not repeated here.
+    """
     finite = [v for v in values if v == v and not math.isinf(v)]
-    return _fmt(values, 2) + "x" if finite else "–"
+    return _fmt(finite, 2) + "x" if finite else "–"
 
 
 def _speedups(run: RunSummary, baseline: RunSummary, target: float) -> tuple[float, float, float, float]:

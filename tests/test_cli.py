@@ -106,6 +106,12 @@ def test_targets_table_and_missing_speedups():
     assert "| fast | 10 (1.00x) / 1.0 (1.00x) | 10 (3.00x) / 1.0 (3.00x) |" in table
     assert "| slow | never (–) / never (–) | never (–) / never (–) |" in table
     assert "| slow | never | – | never | – |" in bench_table(runs)
+    # Two seeds, one of which never gets there: the steps cell says so once, the speed-up is the one seed's.
+    two = {
+        "uniform": [summarise_run("uniform", s, curve([0.1, 0.5, 0.7, 0.8])) for s in (0, 1)],
+        "mixed": [summarise_run("mixed", 0, curve([0.1, 0.8, 0.8, 0.8])), summarise_run("mixed", 1, curve([0.1] * 4))],
+    }
+    assert "| mixed | 10 (1/2 reached) (3.00x) / 1.0 (1/2 reached) (3.00x) |" in targets_table(two, [0.8])
 
 
 def test_bench_requires_uniform(tiny_idx_folder, tmp_path):
