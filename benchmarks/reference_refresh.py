@@ -3,7 +3,9 @@ the default with `reference.refresh_at` (and `selection.reject_after`). Prints t
 refreshes changed (samples re-judged, admitted / rejected and their noisy shares) and what
 `reject_after` rejected during training.
 
-Run: python benchmarks/reference_refresh.py OUT SEEDS [recipe overrides...]     (markdown on stdout)
+Run: python benchmarks/reference_refresh.py OUT SEEDS [--variants=SLUG,...] [recipe overrides...]
+(markdown on stdout; a variant's slug is its folder name under OUT, e.g. uniform, predicted_learnability;
+all variants when --variants is not given)
 A run whose folder already holds a finished run of the same config is read back, not run again.
 """
 
@@ -27,13 +29,16 @@ from online_select.bench import (
 )
 
 REFRESH = "reference.refresh_at=[0.25,0.5,0.75]"
+LEVERS = [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2", REFRESH]
 VARIANTS: dict[str, list[str]] = {
     "uniform": ["selection.policy=uniform"],
     "predicted_learnability": [DEFAULT],
     "+ refresh at 0.25, 0.5, 0.75": [DEFAULT, REFRESH],
     "+ floor 0.05, reject after 2 visits": [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2"],
-    "+ floor 0.05, reject after 2 visits, refresh x3": [
-        DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2", REFRESH
+    "+ floor 0.05, reject after 2 visits, refresh x3": LEVERS,
+    "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4": LEVERS + ["scorer.update_every=4"],
+    "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4, temperature 0.1 to 1": LEVERS + [
+        "scorer.update_every=4", "selection.temperature_end=1.0"
     ],
 }
 REFRESH_KEYS = (
@@ -80,14 +85,23 @@ def rejection_table(folders: dict[str, list[Path]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def slug(name: str) -> str:
+    return name.replace("+ ", "").replace(",", "").replace(" ", "_")
+
+
 def main(out: str, seeds: int, overrides: list[str]) -> None:
     comparison = Comparison(smooth=3)
     runs: dict[str, list] = {}
     folders: dict[str, list[Path]] = {}
-    for name, extra in VARIANTS.items():
-        slug = name.replace("+ ", "").replace(",", "").replace(" ", "_")
+    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith("--variants=")]
+    overrides = [o for o in overrides if not o.startswith("--variants=")]
+    variants = {name: extra for name, extra in VARIANTS.items() if not chosen or slug(name) in chosen[0]}
+    unknown = set(chosen[0] if chosen else []) - {slug(name) for name in variants}
+    if unknown or "uniform" not in variants:
+        sys.exit(f"--variants: unknown {sorted(unknown)} (or no uniform); known: {[slug(n) for n in VARIANTS]}")
+    for name, extra in variants.items():
         for seed in range(seeds):
-            folder = Path(out) / slug / f"seed{seed}"
+            folder = Path(out) / slug(name) / f"seed{seed}"
             run_variant(name, folder, overrides + extra + [f"seed={seed}"], comparison)
             runs.setdefault(name, []).append(summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison))
             folders.setdefault(name, []).append(folder)
@@ -101,7 +115,7 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
     print("What each refresh changed (mean ± std over seeds):\n")
     print(refresh_table({name: f for name, f in folders.items() if refresh_lines(f[0])}))
     print("What `selection.reject_after` rejected while training (sum over the run, mean ± std over seeds):\n")
-    print(rejection_table({name: f for name, f in folders.items() if any("reject_after" in o for o in VARIANTS[name])}))
+    print(rejection_table({name: f for name, f in folders.items() if any("reject_after" in o for o in variants[name])}))
 
 
 if __name__ == "__main__":
