@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,17 @@ from .reference import Reference, ReferenceTable
 from .rules import RULES, Selection, resolve_keep, select
 from .scorer import Scorer
 
-__all__ = ["OnlineSelector", "SelectedBatch", "ReferenceRefresh", "ProxyModel", "spearman"]
+__all__ = ["FlatScoresWarning", "OnlineSelector", "SelectedBatch", "ReferenceRefresh", "ProxyModel", "spearman"]
+
+# rule="sample" draws with intensity exp(score / temperature): when the eligible candidates' scores span
+# less than FLAT_SPREAD * temperature, the likeliest is at most e**0.1 ~ 1.1x as likely as the least,
+# i.e. the selection is nearly uniform. Warn once it has happened on FLAT_WARN_AFTER steps.
+FLAT_SPREAD = 0.1
+FLAT_WARN_AFTER = 20
+
+
+class FlatScoresWarning(UserWarning):
+    """Sampling at this temperature picks nearly at random: the scores vary far less than the temperature."""
 
 ID_KEYS = ("id", "ids", "idx", "index", "sample_id")
 
@@ -290,6 +301,7 @@ class OnlineSelector:
         self.samples_seen = 0
         self.nonfinite_losses = 0
         self.unlearned_rejected = 0
+        self.flat_score_steps = 0
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
 
@@ -381,6 +393,8 @@ class OnlineSelector:
                 f"policy {self.policy.name!r} produced {int(bad.sum())} NaN/inf scores of {n}; "
                 "check the large-model, reference and scorer losses for NaN/inf"
             )
+        if self.rule == "sample":
+            self._check_spread(scores if eligible is None else scores[eligible])
         selection = select(
             scores,
             k,
@@ -392,6 +406,21 @@ class OnlineSelector:
             eligible=eligible,
         )
         return scores, selection, eligible
+
+    def _check_spread(self, scores: torch.Tensor) -> None:
+        if scores.numel() < 2 or float(scores.max() - scores.min()) >= FLAT_SPREAD * self.temperature:
+            return
+        self.flat_score_steps += 1
+        if self.flat_score_steps == FLAT_WARN_AFTER:
+            spread = float(scores.max() - scores.min())
+            warnings.warn(
+                f"rule='sample' at temperature {self.temperature:g}: on {FLAT_WARN_AFTER} steps so far the eligible "
+                f"candidates' {self.policy.name} scores spanned less than {FLAT_SPREAD:g} x the temperature "
+                f"(now {spread:.3g}), so sampling picks nearly at random. Use a temperature on the scores' scale "
+                f"(about {max(spread, 1e-12) / 5:.2g}) or rule='top_k'",
+                FlatScoresWarning,
+                stacklevel=4,
+            )
 
     def _select_global(
         self, group: ProcessGroup, candidate_batch: Any, ids: torch.Tensor | None, n: int, start: float
@@ -719,6 +748,7 @@ class OnlineSelector:
             "selection/eligible_share": sum(e["eligible_share"] for e in self._window) / len(self._window),
             "selection/nonfinite_losses": float(self.nonfinite_losses),
             "selection/unlearned_rejected": float(self.unlearned_rejected),
+            "selection/flat_score_steps": float(self.flat_score_steps),
         }
         pairs = [(e["explored_predicted"], e["explored_observed"]) for e in self._window if e["explored_predicted"] is not None]
         if pairs:
@@ -736,6 +766,7 @@ class OnlineSelector:
             "samples_seen": self.samples_seen,
             "nonfinite_losses": self.nonfinite_losses,
             "unlearned_rejected": self.unlearned_rejected,
+            "flat_score_steps": self.flat_score_steps,
             "generator": self.generator.get_state(),
             "policy": self.policy.name,
             "window": list(self._window),
@@ -755,6 +786,7 @@ class OnlineSelector:
         self.samples_seen = int(state["samples_seen"])
         self.nonfinite_losses = int(state["nonfinite_losses"])
         self.unlearned_rejected = int(state.get("unlearned_rejected", 0))
+        self.flat_score_steps = int(state.get("flat_score_steps", 0))
         self.generator.set_state(state["generator"])
         self._window.clear()
         self._window.extend(state.get("window", []))

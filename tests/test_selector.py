@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 
 from online_select import (
     ClassificationLoss,
+    FlatScoresWarning,
     LossShapeError,
     NonFiniteLossError,
     OnlineSelector,
@@ -243,3 +245,19 @@ def test_loop_tally_counts_rejections_and_reads_older_checkpoints():
     older = {"vector": tally.state_dict()["vector"][:-2]}  # written before the rejection counts existed
     again.load_state_dict(older)
     assert (again.rejected, again.rejected_noisy) == (0, 0) and again.class_counts.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(("scale", "rule", "warns"), [(1e-4, "sample", True), (1e-4, "top_k", False), (1.0, "sample", False)])
+def test_sampling_on_flat_scores_warns_once(scale, rule, warns):
+    g = torch.Generator().manual_seed(0)
+    selector = OnlineSelector("large_loss", keep=4, rule=rule, temperature=0.1,
+                              large_loss_fn=lambda batch: scale * torch.rand(len(batch["id"]), generator=g))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(30):
+            selector.select(_batch(start=32 * step))
+    flat = [w for w in caught if issubclass(w.category, FlatScoresWarning)]
+    assert len(flat) == (1 if warns else 0)
+    assert selector.flat_score_steps == (30 if warns else 0)
+    if warns:
+        assert "picks nearly at random" in str(flat[0].message) and "rule='top_k'" in str(flat[0].message)
