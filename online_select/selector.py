@@ -408,11 +408,13 @@ class OnlineSelector:
         return scores, selection, eligible
 
     def _check_spread(self, scores: torch.Tensor) -> None:
-        if scores.numel() < 2 or float(scores.max() - scores.min()) >= FLAT_SPREAD * self.temperature:
+        if scores.numel() < 2:
+            return
+        spread = float(scores.max() - scores.min())
+        if spread >= FLAT_SPREAD * self.temperature:
             return
         self.flat_score_steps += 1
         if self.flat_score_steps == FLAT_WARN_AFTER:
-            spread = float(scores.max() - scores.min())
             warnings.warn(
                 f"rule='sample' at temperature {self.temperature:g}: on {FLAT_WARN_AFTER} steps so far the eligible "
                 f"candidates' {self.policy.name} scores spanned less than {FLAT_SPREAD:g} x the temperature "
@@ -608,7 +610,8 @@ class OnlineSelector:
         before = table.losses(None, ids)
         unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
         rejected = unlearned & plausible_labels(before, self.label_floor)
-        table.replace_losses(ids[rejected], last_loss[rejected])
+        if bool(rejected.any()):  # most steps reject nothing: skip the table's id checks on the hot path
+            table.replace_losses(ids[rejected], last_loss[rejected])
         return ReferenceRefresh(ids[unlearned], admitted=torch.zeros(int(unlearned.sum()), dtype=torch.bool),
                                 rejected=rejected[unlearned])
 
