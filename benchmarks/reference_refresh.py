@@ -11,7 +11,6 @@ A run whose folder already holds a finished run of the same config is read back,
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -52,8 +51,7 @@ REFRESH_KEYS = (
 
 
 def refresh_lines(folder: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [line for line in lines if "reference/refreshed" in line]
+    return read_metrics(folder / "metrics.jsonl", "reference/refreshed")
 
 
 def refresh_table(folders: dict[str, list[Path]]) -> str:
@@ -76,7 +74,7 @@ def rejection_table(folders: dict[str, list[Path]]) -> str:
     for name, runs in folders.items():
         totals, shares = [], []
         for folder in runs:
-            lines = [line for line in read_metrics(folder / "metrics.jsonl") if "selection/rejected" in line]
+            lines = read_metrics(folder / "metrics.jsonl", "selection/rejected")
             rejected = sum(line["selection/rejected"] for line in lines)
             noisy = sum(line["selection/rejected"] * line["selection/rejected_noisy_share"] for line in lines)
             totals.append(rejected)
