@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 200 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 215 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -48,7 +48,7 @@ python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 \
     --variants=uniform,predicted_learnability,refresh_at_0.25_0.5_0.75,floor_0.05_reject_after_2_visits,floor_0.05_reject_after_2_visits_refresh_x3 \
     train.max_steps=1500 "${common[@]}" | tee "$out/refresh1500.md"
 
-# 9. The noise ceiling: clean labels, the reference's filter and an oracle filter, one seed, 4000 steps.
+# 9. The noise ceiling: clean labels, the reference's filter, an oracle filter and oracle hard-mining (15 min), one seed, 4000 steps.
 python3 benchmarks/noise_ceiling.py "$out/noise_ceiling" train.max_steps=4000 "${common[@]}" | tee "$out/noise_ceiling.md"
 
 # 10. A constant learning rate (the prior-art protocol: uniform peaks, then memorises flipped labels), 8000 steps.

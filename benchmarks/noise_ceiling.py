@@ -1,5 +1,7 @@
 """How much of the gap to clean training is the label filter's: uniform and `reference_filter` on clean
-and on 30%-noisy labels, and an oracle filter that knows which labels were flipped. One seed each.
+and on 30%-noisy labels, an oracle filter that knows which labels were flipped, and oracle hard-mining
+(the oracle filter plus the exact `learnability` score: the large model's forward on every candidate,
+so the best any scorer of this library could select; steps only, its clock is 5x). One seed each.
 
 For each run: the filter's errors (clean samples it excludes, noisy share of what it keeps, both counted
 against the task's true noise flags), the test accuracy, and the steps it takes to reach the best accuracy
@@ -56,6 +58,9 @@ def main(out: str, overrides: list[str]) -> None:
         "oracle filter (true noise flags), 30% noise": [
             "selection.policy=reference_filter", "reference.kind=file", f"reference.path={oracle}"
         ],
+        "oracle hard-mining (true noise flags + the large model's exact loss on all candidates), 30% noise": [
+            "selection.policy=learnability", "reference.kind=file", f"reference.path={oracle}"
+        ],
     }
     comparison = Comparison(smooth=3)
     runs, errors = {}, {}
@@ -64,7 +69,7 @@ def main(out: str, overrides: list[str]) -> None:
         run_variant(name, folder, overrides + extra, comparison)
         runs[name] = summarise_run(name, 0, read_metrics(folder / "metrics.jsonl"), comparison)
         errors[name] = ("–", "–")
-        if "filter" in name:
+        if "filter" in name or "oracle" in name:
             errors[name] = tuple(f"{v:.2f}" for v in filter_errors(folder, overrides + extra))
     target = runs["uniform, 30% noise"].best
     print("| run | clean samples excluded % | noisy share of the kept % | best acc % | final acc % "
