@@ -233,8 +233,10 @@ class Scorer:
             return F.huber_loss(prediction, target, delta=1.0)
         diff_pred = prediction[:, None] - prediction[None, :]
         order = torch.sign(target[:, None] - target[None, :])
-        mask = order != 0
-        rank = F.softplus(-order[mask] * diff_pred[mask]).mean() if bool(mask.any()) else prediction.sum() * 0
+        # Mean over the ordered pairs (targets differ); weighting by |order| instead of masking avoids
+        # gathering the pairs, and in the backward scattering them back.
+        pairs = order.abs()
+        rank = (F.softplus(-order * diff_pred) * pairs).sum() / pairs.sum().clamp_min(1.0)
         return rank + F.mse_loss(prediction, target)
 
     def state_dict(self) -> dict:

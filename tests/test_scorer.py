@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from online_select import Scorer, spearman
 
@@ -81,6 +82,19 @@ def test_rank_objective_also_learns():
         x, loss = _features(64, g)
         scorer.update(x, loss, None, step)
     assert spearman(scorer.predict(held_x), held_loss) > 0.85
+
+
+def test_rank_objective_is_the_mean_over_pairs_with_different_targets_plus_mse():
+    scorer = Scorer(use_memory=False, objective="rank_mse")
+    prediction = torch.tensor([0.0, 1.0, 3.0], requires_grad=True)
+    target = torch.tensor([1.0, 1.0, 2.0])
+    # ordered pairs (0, 2) and (1, 2), each counted both ways; the tie (0, 1) is left out
+    rank = (F.softplus(torch.tensor(-3.0)) + F.softplus(torch.tensor(-2.0))) / 2
+    assert scorer._objective(prediction, target).item() == pytest.approx(rank.item() + 2 / 3)
+    ties = scorer._objective(prediction, torch.ones(3))
+    assert ties.item() == pytest.approx(F.mse_loss(prediction, torch.ones(3)).item())
+    ties.backward()
+    assert torch.isfinite(prediction.grad).all()
 
 
 def test_memory_lookup_of_unseen_ids_leaves_the_state_unchanged():
