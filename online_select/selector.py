@@ -607,13 +607,12 @@ class OnlineSelector:
         ids = torch.as_tensor(ids)
         ids = check_ids(ids, ids.numel())
         last_loss, _, count = self._refresh_memory().lookup(ids)
-        before = table.losses(None, ids)
         unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
-        rejected = unlearned & plausible_labels(before, self.label_floor)
-        if bool(rejected.any()):  # most steps reject nothing: skip the table's id checks on the hot path
+        ids, last_loss = ids[unlearned], last_loss[unlearned]
+        rejected = plausible_labels(table.losses(None, ids), self.label_floor)
+        if bool(rejected.any()):
             table.replace_losses(ids[rejected], last_loss[rejected])
-        return ReferenceRefresh(ids[unlearned], admitted=torch.zeros(int(unlearned.sum()), dtype=torch.bool),
-                                rejected=rejected[unlearned])
+        return ReferenceRefresh(ids, admitted=torch.zeros(ids.numel(), dtype=torch.bool), rejected=rejected)
 
     def _reference_table(self, caller: str) -> ReferenceTable:
         if not isinstance(self.reference, ReferenceTable):
