@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 215 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 220 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -41,8 +41,8 @@ sed -n "/^Scorer study/,\$p" "$out/scorer_study.md" > "$out/scorer_table.md"
 python3 benchmarks/levers.py "$out/levers" train.max_steps=1500 "${common[@]}" | tee "$out/levers.md"
 
 # 8. Noise levers at the long budget: the large model re-judging the reference (reference.refresh_at) and
-#    rejecting labels it cannot learn (selection.reject_after), then with scorer.update_every=4 and an
-#    annealed temperature on top; 3 seeds, 4000 steps. The short budget with the first five variants.
+#    rejecting labels it cannot learn (selection.reject_after), then with scorer.update_every=4, one refresh
+#    instead of three and an annealed temperature; 3 seeds, 4000 steps. The short budget with the first five variants.
 python3 benchmarks/reference_refresh.py "$out/refresh" 3 train.max_steps=4000 "${common[@]}" | tee "$out/refresh.md"
 python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 \
     --variants=uniform,predicted_learnability,refresh_at_0.25_0.5_0.75,floor_0.05_reject_after_2_visits,floor_0.05_reject_after_2_visits_refresh_x3 \

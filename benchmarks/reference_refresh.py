@@ -36,6 +36,9 @@ VARIANTS: dict[str, list[str]] = {
     "+ floor 0.05, reject after 2 visits": [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2"],
     "+ floor 0.05, reject after 2 visits, refresh x3": LEVERS,
     "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4": LEVERS + ["scorer.update_every=4"],
+    "+ floor 0.05, reject after 2 visits, refresh once at 0.25, scorer update every 4": LEVERS[:-1] + [
+        "reference.refresh_at=[0.25]", "scorer.update_every=4"
+    ],
     "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4, temperature 0.1 to 1": LEVERS + [
         "scorer.update_every=4", "selection.temperature_end=1.0"
     ],
