@@ -28,15 +28,16 @@ from online_select.bench import (
 )
 
 REFRESH = "reference.refresh_at=[0.25,0.5,0.75]"
-LEVERS = [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2", REFRESH]
+REJECT = [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2"]
+LEVERS = REJECT + [REFRESH]
 VARIANTS: dict[str, list[str]] = {
     "uniform": ["selection.policy=uniform"],
     "predicted_learnability": [DEFAULT],
     "+ refresh at 0.25, 0.5, 0.75": [DEFAULT, REFRESH],
-    "+ floor 0.05, reject after 2 visits": [DEFAULT, "selection.label_floor=0.05", "selection.reject_after=2"],
+    "+ floor 0.05, reject after 2 visits": REJECT,
     "+ floor 0.05, reject after 2 visits, refresh x3": LEVERS,
     "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4": LEVERS + ["scorer.update_every=4"],
-    "+ floor 0.05, reject after 2 visits, refresh once at 0.25, scorer update every 4": LEVERS[:-1] + [
+    "+ floor 0.05, reject after 2 visits, refresh once at 0.25, scorer update every 4": REJECT + [
         "reference.refresh_at=[0.25]", "scorer.update_every=4"
     ],
     "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4, temperature 0.1 to 1": LEVERS + [
