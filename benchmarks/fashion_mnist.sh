@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 330 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 340 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -60,3 +60,6 @@ python3 benchmarks/reference_refresh.py "$out/const" 3 \
 python3 benchmarks/reference_refresh.py "$out/width64" 3 \
     --variants=uniform,predicted_learnability,floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4,floor_0.05_reject_after_2_visits_refresh_once_at_0.25_scorer_update_every_4 \
     model.width=64 train.max_steps=4000 "${common[@]}" | tee "$out/width64.md"
+#     and the oracle filter at that width (one seed; the oracle table comes from section 9).
+online-select train "$recipe" output_dir="$out/width64_oracle_filter" selection.policy=reference_filter reference.kind=file \
+    reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
