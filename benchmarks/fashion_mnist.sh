@@ -63,3 +63,5 @@ python3 benchmarks/reference_refresh.py "$out/width64" 3 \
 #     and the oracle filter at that width (one seed; the oracle table comes from section 9).
 online-select train "$recipe" output_dir="$out/width64_oracle_filter" selection.policy=reference_filter reference.kind=file \
     reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
+python3 benchmarks/steps_to_best.py "$out/width64/uniform/seed0" "$out/width64_oracle_filter" \
+    "$out/width64/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" | tee "$out/width64_oracle_filter.md"
