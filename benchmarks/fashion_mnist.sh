@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 355 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 405 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -71,3 +71,17 @@ online-select train "$recipe" output_dir="$out/width64_oracle_filter" selection.
     reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/width64/uniform/seed0" "$out/width64_oracle_filter" \
     "$out/width64/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" | tee "$out/width64_oracle_filter.md"
+
+# 12. Which of the label filter's errors costs the accuracy: the default scorer behind tables that keep the twin-halves
+#     reference's noise leak, its clean exclusions, both or neither (3 seeds for the two without the leak, one for all four).
+python3 benchmarks/filter_errors.py "$out/filter_errors" 3 --tables=clean_exclusions_only,oracle \
+    train.max_steps=4000 "${common[@]}" | tee "$out/filter_errors3.md"
+python3 benchmarks/filter_errors.py "$out/filter_errors" 1 train.max_steps=4000 "${common[@]}" | tee "$out/filter_errors.md"
+#     Rejecting after the first visit instead of the second (one seed each), read against section 8's seed 0.
+levers=(selection.policy=predicted_learnability selection.label_floor=0.05 selection.reject_after=1 scorer.update_every=4)
+online-select train "$recipe" output_dir="$out/first_visit/refresh_x3" "${levers[@]}" reference.refresh_at=[0.25,0.5,0.75] \
+    train.max_steps=4000 "${common[@]}"
+online-select train "$recipe" output_dir="$out/first_visit/no_refresh" "${levers[@]}" train.max_steps=4000 "${common[@]}"
+python3 benchmarks/steps_to_best.py "$out/refresh/uniform/seed0" \
+    "$out/refresh/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" \
+    "$out/first_visit/refresh_x3" "$out/first_visit/no_refresh" | tee "$out/first_visit.md"
