@@ -43,6 +43,9 @@ VARIANTS: dict[str, list[str]] = {
     "+ floor 0.05, reject after 2 visits, refresh x3, scorer update every 4, temperature 0.1 to 1": LEVERS + [
         "scorer.update_every=4", "selection.temperature_end=1.0"
     ],
+    "+ floor 0.05, reject after 3 visits, refresh x3, scorer update every 4": [
+        DEFAULT, "selection.label_floor=0.05", "selection.reject_after=3", REFRESH, "scorer.update_every=4"
+    ],
 }
 REFRESH_KEYS = (
     ("reference/refreshed", "re-judged", 0, 1),
