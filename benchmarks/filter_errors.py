@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ def slug(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def filter_table(reference: Path, noisy: torch.Tensor, rule, path: Path) -> Path:
+def filter_table(reference: Path, noisy: torch.Tensor, rule: Callable[..., torch.Tensor], path: Path) -> Path:
     """Write the table in which exactly ``rule(passes, noisy)`` pass the floor; ``passes``: the reference's."""
     passes = torch.exp(-ReferenceTable.load(reference).table) >= FLOOR
     keep = rule(passes, noisy)
@@ -95,6 +96,7 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
     print("|---|---|---|")
     for name, pairs in errors.items():
         print(f"| {name} | {_fmt([e[0] for e in pairs], 2)} | {_fmt([e[1] for e in pairs], 2)} |")
+
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
