@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 425 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 430 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -70,12 +70,15 @@ python3 benchmarks/reference_refresh.py "$out/width64" 3 \
 #     and the oracle filter at that width (one seed; the oracle table comes from section 9).
 online-select train "$recipe" output_dir="$out/width64_oracle_filter" selection.policy=reference_filter reference.kind=file \
     reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
-#     and the default policy's scorer behind the same oracle filter.
-online-select train "$recipe" output_dir="$out/width64_oracle_scored" selection.policy=predicted_learnability reference.kind=file \
-    reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/width64/uniform/seed0" "$out/width64_oracle_filter" \
-    "$out/width64/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" "$out/width64_oracle_scored" \
-    | tee "$out/width64_oracle_filter.md"
+    "$out/width64/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" | tee "$out/width64_oracle_filter.md"
+#     and the default policy's scorer behind the same oracle filter, right after a uniform run of its own (seconds compared).
+online-select train "$recipe" output_dir="$out/width64_side/uniform" selection.policy=uniform model.width=64 \
+    train.max_steps=4000 "${common[@]}"
+online-select train "$recipe" output_dir="$out/width64_side/oracle_scored" selection.policy=predicted_learnability \
+    reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 \
+    train.max_steps=4000 "${common[@]}"
+python3 benchmarks/steps_to_best.py "$out/width64_side/uniform" "$out/width64_side/oracle_scored" | tee "$out/width64_side.md"
 
 # 12. Which of the label filter's errors costs the accuracy: the default scorer behind tables that keep the twin-halves
 #     reference's noise leak, its clean exclusions, both or neither (3 seeds for the two without the leak, one for all four).
