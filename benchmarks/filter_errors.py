@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from levers import DEFAULT, RECIPE, run_variant
-from noise_ceiling import filter_errors
+from levers import DEFAULT, RECIPE, choose, run_variant
+from noise_ceiling import kept_errors
 
 from online_select import ReferenceTable
 from online_select.bench import Comparison, _fmt, bench_table, read_metrics, summarise_run
@@ -51,42 +50,37 @@ def slug(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def filter_table(reference: Path, noisy: torch.Tensor, rule: Callable[..., torch.Tensor], path: Path) -> Path:
-    """Write the table in which exactly ``rule(passes, noisy)`` pass the floor; ``passes``: the reference's."""
-    passes = torch.exp(-ReferenceTable.load(reference).table) >= FLOOR
-    keep = rule(passes, noisy)
+def save_table(keep: torch.Tensor, path: Path) -> Path:
+    """Write the reference table in which exactly ``keep`` passes the floor."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ReferenceTable(torch.where(keep, torch.tensor(PASS_LOSS), torch.tensor(EXCLUDE_LOSS))).save(path)
     return path
 
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:
-    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith("--tables=")]
-    overrides = [o for o in overrides if not o.startswith("--tables=")]
-    tables = {name: rule for name, rule in TABLES.items() if not chosen or slug(name) in chosen[0]}
-    unknown = set(chosen[0] if chosen else []) - {slug(name) for name in TABLES}
-    if unknown:
-        sys.exit(f"--tables: unknown {sorted(unknown)}; known: {[slug(n) for n in TABLES]}")
+    tables, overrides = choose(TABLES, overrides, "tables", slug)
     noisy = build_task(load_config(RECIPE, overrides)).is_noisy  # the corruption does not depend on the run seed
     comparison = Comparison(smooth=3)
     runs: dict[str, list] = {}
     errors: dict[str, list[tuple[float, float]]] = {}
 
     def run(name: str, folder: Path, extra: list[str], seed: int) -> None:
-        config = overrides + extra + [f"seed={seed}"]
-        run_variant(name, folder, config, comparison)
+        run_variant(name, folder, overrides + extra + [f"seed={seed}"], comparison)
         runs.setdefault(name, []).append(summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison))
-        if name != "uniform":
-            errors.setdefault(name, []).append(filter_errors(folder, config))
 
     for seed in range(seeds):
         run("uniform", Path(out) / "uniform" / f"seed{seed}", ["selection.policy=uniform"], seed)
         real = Path(out) / "twin_halves" / f"seed{seed}"
-        run("default, twin-halves reference as it is", real, [DEFAULT, f"selection.label_floor={FLOOR}"], seed)
-        for name, rule in tables.items():
-            table = filter_table(real / "reference.safetensors", noisy, rule, Path(out) / "tables" / f"{slug(name)}_seed{seed}.safetensors")
-            run(f"default behind the {name} filter", Path(out) / slug(name) / f"seed{seed}",
-                [DEFAULT, "reference.kind=file", f"reference.path={table}"], seed)
+        name = "default, twin-halves reference as it is"
+        run(name, real, [DEFAULT, f"selection.label_floor={FLOOR}"], seed)
+        passes = torch.exp(-ReferenceTable.load(real / "reference.safetensors").table) >= FLOOR
+        errors.setdefault(name, []).append(kept_errors(passes, noisy))
+        for table_name, rule in tables.items():
+            keep = rule(passes, noisy)
+            table = save_table(keep, Path(out) / "tables" / f"{slug(table_name)}_seed{seed}.safetensors")
+            name = f"default behind the {table_name} filter"
+            run(name, Path(out) / slug(table_name) / f"seed{seed}", [DEFAULT, "reference.kind=file", f"reference.path={table}"], seed)
+            errors.setdefault(name, []).append(kept_errors(keep, noisy))
 
     uniform_best = statistics.fmean(r.best for r in runs["uniform"])
     print(f"\n{seeds} seed(s), {' '.join(overrides)}; uniform's best {100 * uniform_best:.2f}% (mean, smoothed over 3 evals)\n")

@@ -11,7 +11,9 @@ A variant whose folder already holds a finished run of the same config is read b
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from online_select.bench import Comparison, _finished, _fmt, _mean_of, read_metrics, summarise_run
 from online_select.config import load_config
@@ -30,6 +32,20 @@ VARIANTS: dict[str, list[str]] = {
     "temperature 1.0": [DEFAULT, "selection.temperature=1.0"],
     "hard top-k": [DEFAULT, "selection.rule=top_k"],
 }
+
+T = TypeVar("T")
+
+
+def choose(named: dict[str, T], overrides: list[str], flag: str, slug: Callable[[str], str]) -> tuple[dict[str, T], list[str]]:
+    """The entries of ``named`` whose slugs ``--FLAG=SLUG,...`` lists (all of them when it is absent) and the
+    overrides without that option; exits naming the known slugs if one is unknown."""
+    prefix = f"--{flag}="
+    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith(prefix)]
+    unknown = set(chosen[0] if chosen else []) - {slug(name) for name in named}
+    if unknown:
+        sys.exit(f"--{flag}: unknown {sorted(unknown)}; known: {[slug(name) for name in named]}")
+    picked = {name: value for name, value in named.items() if not chosen or slug(name) in chosen[0]}
+    return picked, [o for o in overrides if not o.startswith(prefix)]
 
 
 def run_variant(name: str, folder: Path, overrides: list[str], comparison: Comparison) -> None:

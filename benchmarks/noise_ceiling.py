@@ -41,8 +41,11 @@ def filter_errors(folder: Path, overrides: list[str]) -> tuple[float, float]:
     task = build_task(config)
     floor = task.label_floor() if config.selection.label_floor == "auto" else float(config.selection.label_floor)
     path = Path(config.reference.path) if config.reference.kind == "file" else folder / "reference.safetensors"
-    kept = torch.exp(-ReferenceTable.load(path).table) >= floor
-    noisy = task.is_noisy
+    return kept_errors(torch.exp(-ReferenceTable.load(path).table) >= floor, task.is_noisy)
+
+
+def kept_errors(kept: torch.Tensor, noisy: torch.Tensor) -> tuple[float, float]:
+    """(% of clean samples not in ``kept``, % noisy among ``kept``): a filter's two errors."""
     clean_excluded = 100 * float((~kept & ~noisy).sum()) / max(int((~noisy).sum()), 1)
     noisy_kept = 100 * float((kept & noisy).sum()) / max(int(kept.sum()), 1)
     return clean_excluded, noisy_kept

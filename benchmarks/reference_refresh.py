@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from levers import DEFAULT, run_variant
+from levers import DEFAULT, choose, run_variant
 
 from online_select.bench import (
     Comparison,
@@ -98,12 +98,9 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
     comparison = Comparison(smooth=3)
     runs: dict[str, list] = {}
     folders: dict[str, list[Path]] = {}
-    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith("--variants=")]
-    overrides = [o for o in overrides if not o.startswith("--variants=")]
-    variants = {name: extra for name, extra in VARIANTS.items() if not chosen or slug(name) in chosen[0]}
-    unknown = set(chosen[0] if chosen else []) - {slug(name) for name in variants}
-    if unknown or "uniform" not in variants:
-        sys.exit(f"--variants: unknown {sorted(unknown)} (or no uniform); known: {[slug(n) for n in VARIANTS]}")
+    variants, overrides = choose(VARIANTS, overrides, "variants", slug)
+    if "uniform" not in variants:
+        sys.exit("--variants: list uniform too (the baseline)")
     for name, extra in variants.items():
         for seed in range(seeds):
             folder = Path(out) / slug(name) / f"seed{seed}"
