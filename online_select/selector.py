@@ -43,9 +43,12 @@ __all__ = ["FlatScoresWarning", "OnlineSelector", "SelectedBatch", "ReferenceRef
 
 # rule="sample" draws with intensity exp(score / temperature): when the eligible candidates' scores span
 # less than FLAT_SPREAD * temperature, the likeliest is at most e**0.1 ~ 1.1x as likely as the least,
-# i.e. the selection is nearly uniform. Warn once it has happened on FLAT_WARN_AFTER steps.
+# i.e. the selection is nearly uniform. Warn once that has held on FLAT_SHARE of the steps of a window of
+# FLAT_WINDOW sampled steps: a learned score is flat for its first ~100 steps (an untrained scorer predicts
+# about the same loss for every candidate), and that transient is not a misconfigured temperature.
 FLAT_SPREAD = 0.1
-FLAT_WARN_AFTER = 20
+FLAT_WINDOW = 200
+FLAT_SHARE = 0.9
 
 
 class FlatScoresWarning(UserWarning):
@@ -302,6 +305,8 @@ class OnlineSelector:
         self.nonfinite_losses = 0
         self.unlearned_rejected = 0
         self.flat_score_steps = 0
+        self._spreads: list[float] = []  # the eligible scores' spread on each sampled step of the current window
+        self._flat_warned = False
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
 
@@ -411,18 +416,28 @@ class OnlineSelector:
         if scores.numel() < 2:
             return
         spread = float(scores.max() - scores.min())
-        if spread >= FLAT_SPREAD * self.temperature:
+        flat_below = FLAT_SPREAD * self.temperature
+        self.flat_score_steps += spread < flat_below
+        self._spreads.append(spread)
+        if len(self._spreads) < FLAT_WINDOW:
             return
-        self.flat_score_steps += 1
-        if self.flat_score_steps == FLAT_WARN_AFTER:
-            warnings.warn(
-                f"rule='sample' at temperature {self.temperature:g}: on {FLAT_WARN_AFTER} steps so far the eligible "
-                f"candidates' {self.policy.name} scores spanned less than {FLAT_SPREAD:g} x the temperature "
-                f"(now {spread:.3g}), so sampling picks nearly at random. Use a temperature on the scores' scale "
-                f"(about {max(spread, 1e-12) / 5:.2g}) or rule='top_k'",
-                FlatScoresWarning,
-                stacklevel=4,
-            )
+        spreads, self._spreads = torch.tensor(self._spreads), []
+        if self._flat_warned or float((spreads < flat_below).float().mean()) < FLAT_SHARE:
+            return
+        self._flat_warned = True
+        typical = float(spreads.median())
+        if typical > 1e-6 * max(abs(float(scores.max())), 1.0):
+            advice = f"Use a temperature on the scores' scale (about {typical / 5:.2g}) or rule='top_k'"
+        else:
+            advice = (f"The scores are all but equal: check what the {self.policy.name} policy reads (e.g. a "
+                      "reference table with one value, or a scorer that does not learn)")
+        warnings.warn(
+            f"rule='sample' at temperature {self.temperature:g}: on {FLAT_SHARE:.0%} or more of the last "
+            f"{FLAT_WINDOW} steps the eligible candidates' {self.policy.name} scores spanned less than "
+            f"{FLAT_SPREAD:g} x the temperature (median {typical:.3g}), so sampling picks nearly at random. {advice}",
+            FlatScoresWarning,
+            stacklevel=4,
+        )
 
     def _select_global(
         self, group: ProcessGroup, candidate_batch: Any, ids: torch.Tensor | None, n: int, start: float

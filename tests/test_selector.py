@@ -247,17 +247,44 @@ def test_loop_tally_counts_rejections_and_reads_older_checkpoints():
     assert (again.rejected, again.rejected_noisy) == (0, 0) and again.class_counts.tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize(("scale", "rule", "warns"), [(1e-4, "sample", True), (1e-4, "top_k", False), (1.0, "sample", False)])
-def test_sampling_on_flat_scores_warns_once(scale, rule, warns):
+@pytest.mark.parametrize(
+    ("scale", "rule", "warns", "advice"),
+    [
+        (1e-4, "sample", True, "temperature on the scores' scale"),
+        (0.0, "sample", True, "all but equal"),
+        (1e-4, "top_k", False, ""),
+        (1.0, "sample", False, ""),
+    ],
+)
+def test_sampling_on_flat_scores_warns_once(scale, rule, warns, advice):
+    from online_select.selector import FLAT_WINDOW
+
     g = torch.Generator().manual_seed(0)
     selector = OnlineSelector("large_loss", keep=4, rule=rule, temperature=0.1,
-                              large_loss_fn=lambda batch: scale * torch.rand(len(batch["id"]), generator=g))
+                              large_loss_fn=lambda batch: 1.0 + scale * torch.rand(len(batch["id"]), generator=g))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for step in range(30):
+        for step in range(2 * FLAT_WINDOW + 10):
             selector.select(_batch(start=32 * step))
     flat = [w for w in caught if issubclass(w.category, FlatScoresWarning)]
     assert len(flat) == (1 if warns else 0)
-    assert selector.flat_score_steps == (30 if warns else 0)
+    assert selector.flat_score_steps == (2 * FLAT_WINDOW + 10 if warns else 0)
     if warns:
-        assert "picks nearly at random" in str(flat[0].message) and "rule='top_k'" in str(flat[0].message)
+        assert "picks nearly at random" in str(flat[0].message) and advice in str(flat[0].message)
+
+
+def test_a_flat_start_that_ends_does_not_warn():
+    from online_select.selector import FLAT_WINDOW
+
+    step = iter(range(10**6))
+    g = torch.Generator().manual_seed(0)
+    # flat for the first 80% of the first window (an untrained scorer), spread out after
+    selector = OnlineSelector("large_loss", keep=4, temperature=0.1,
+                              large_loss_fn=lambda batch: (1e-4 if next(step) < 0.8 * FLAT_WINDOW else 1.0)
+                              * torch.rand(len(batch["id"]), generator=g))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(2 * FLAT_WINDOW):
+            selector.select(_batch(start=32 * i))
+    assert not [w for w in caught if issubclass(w.category, FlatScoresWarning)]
+    assert selector.flat_score_steps == int(0.8 * FLAT_WINDOW)
