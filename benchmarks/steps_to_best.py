@@ -5,6 +5,10 @@ For runs made apart from a bench, e.g. one oracle run beside a bench's uniform s
 between runs made one after the other on a quiet machine.
 
 Run: python benchmarks/steps_to_best.py BASELINE_RUN RUN [RUN ...]      (markdown on stdout)
+     python benchmarks/steps_to_best.py --seeds=N UNIFORM_RUNS RUNS [RUNS ...]
+With --seeds, each folder names one run per seed with ``{seed}`` (e.g. ``runs/x/seed{seed}``), the baseline
+must be uniform, and the bench's table is printed: mean ± std over seeds 0..N-1, each seed against its own
+uniform run.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import math
 import sys
 from pathlib import Path
 
-from online_select.bench import Comparison, read_metrics, summarise_run
+import yaml
+
+from online_select.bench import Comparison, bench_table, read_metrics, summarise_run
 
 
 def main(folders: list[str]) -> None:
@@ -33,7 +39,28 @@ def main(folders: list[str]) -> None:
         print(f"| {run.policy} | {100 * run.best:.2f} | {100 * run.final:.2f} | {reached} |")
 
 
+def main_seeds(seeds: int, patterns: list[str]) -> None:
+    comparison = Comparison(smooth=3)
+    policy = yaml.safe_load((Path(patterns[0].format(seed=0)) / "config.yaml").read_text())["selection"]["policy"]
+    if policy != "uniform":
+        sys.exit(f"--seeds: the baseline {patterns[0]} must be uniform runs, not {policy}")
+    names = ["uniform"] + patterns[1:]
+    runs = {
+        name: [
+            summarise_run(name, seed, read_metrics(Path(pattern.format(seed=seed)) / "metrics.jsonl"), comparison)
+            for seed in range(seeds)
+        ]
+        for name, pattern in zip(names, patterns)
+    }
+    print(bench_table(runs))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    seeds = [a for a in sys.argv[1:] if a.startswith("--seeds=")]
+    folders = [a for a in sys.argv[1:] if not a.startswith("--seeds=")]
+    if len(folders) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    if seeds:
+        main_seeds(int(seeds[0].split("=", 1)[1]), folders)
+    else:
+        main(folders)
