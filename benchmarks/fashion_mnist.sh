@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 430 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 460 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -94,3 +94,19 @@ online-select train "$recipe" output_dir="$out/reject_visits/after1_no_refresh" 
 python3 benchmarks/steps_to_best.py "$out/refresh/uniform/seed0" \
     "$out/refresh/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" \
     "$out/reject_visits/after1_refresh_x3" "$out/reject_visits/after1_no_refresh" | tee "$out/reject_visits/after1.md"
+
+# 13. References that cost more than the recipe's (more folds, rounds, an ensemble, the large model's CNN): their
+#     errors against the true noise flags, 3 seeds; then the levers behind the 3-rounds table and behind the recipe's
+#     own reference, side by side (six runs at once, one thread each: steps and accuracy compare, seconds do not).
+python3 benchmarks/reference_quality.py 3 --save="$out/reference_quality" train.threads=2 | tee "$out/reference_quality.md"
+levers=(selection.policy=predicted_learnability selection.label_floor=0.05 selection.reject_after=2 scorer.update_every=4
+        reference.refresh_at=[0.25,0.5,0.75] train.max_steps=4000 train.schedule=cosine train.eval_every=250
+        train.checkpoint_every=0 logging.trackers=[] train.threads=1 train.progress=false)
+for seed in 0 1 2; do
+  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/levers/seed$seed" "${levers[@]}" &
+  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/rounds3/seed$seed" "${levers[@]}" reference.kind=file \
+      reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_3_rounds.safetensors" &
+done
+wait
+python3 benchmarks/steps_to_best.py --seeds=3 "$out/refresh/uniform/seed{seed}" "$out/rounds_e2e/levers/seed{seed}" \
+    "$out/rounds_e2e/rounds3/seed{seed}" | tee "$out/rounds_e2e.md"
