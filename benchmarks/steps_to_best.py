@@ -19,16 +19,27 @@ from pathlib import Path
 
 import yaml
 
-from online_select.bench import Comparison, bench_table, read_metrics, summarise_run
+from online_select.bench import Comparison, bench_table, comparison_for, read_metrics, summarise_run
+from online_select.config import load_config
+
+
+def comparison_of(folder: str) -> Comparison:
+    """The bench's reading of the task the run trained (accuracy, or an LM's validation loss), smoothed over 3."""
+    return comparison_for(load_config(Path(folder) / "config.yaml", []), None, None, 3)
 
 
 def main(folders: list[str]) -> None:
-    comparison = Comparison(smooth=3)
-    runs = [summarise_run(folder, 0, read_metrics(Path(folder) / "metrics.jsonl"), comparison) for folder in folders]
-    target = runs[0].best
+    comparison = comparison_of(folders[0])
+    runs = [
+        summarise_run(folder, 0, read_metrics(Path(folder) / "metrics.jsonl", comparison.metric), comparison)
+        for folder in folders
+    ]
+    digits, scale = comparison.digits_scale
+    name, target = comparison.label, runs[0].best
     baseline_steps, baseline_secs = runs[0].first_reaching(target)
-    print(f"| run | best acc % | final acc % | steps to {100 * target:.2f}% (the baseline's best) | speed-up (steps) "
-          "| seconds to it | speed-up (time) |")
+    unit = "%" if scale == 100 else ""
+    print(f"| run | best {name} | final {name} | steps to {scale * target:.{digits}f}{unit} (the baseline's best) "
+          "| speed-up (steps) | seconds to it | speed-up (time) |")
     print("|---|---|---|---|---|---|---|")
     for run in runs:
         steps, secs = run.first_reaching(target)
@@ -36,18 +47,20 @@ def main(folders: list[str]) -> None:
             reached = "never | – | never | –"
         else:
             reached = f"{steps:.0f} | {baseline_steps / steps:.2f}x | {secs:.1f} | {baseline_secs / secs:.2f}x"
-        print(f"| {run.policy} | {100 * run.best:.2f} | {100 * run.final:.2f} | {reached} |")
+        print(f"| {run.policy} | {scale * run.best:.{digits}f} | {scale * run.final:.{digits}f} | {reached} |")
 
 
 def main_seeds(seeds: int, patterns: list[str]) -> None:
-    comparison = Comparison(smooth=3)
+    comparison = comparison_of(patterns[0].format(seed=0))
     policy = yaml.safe_load((Path(patterns[0].format(seed=0)) / "config.yaml").read_text())["selection"]["policy"]
     if policy != "uniform":
         sys.exit(f"--seeds: the baseline {patterns[0]} must be uniform runs, not {policy}")
     names = ["uniform"] + patterns[1:]
     runs = {
         name: [
-            summarise_run(name, seed, read_metrics(Path(pattern.format(seed=seed)) / "metrics.jsonl"), comparison)
+            summarise_run(
+                name, seed, read_metrics(Path(pattern.format(seed=seed)) / "metrics.jsonl", comparison.metric), comparison
+            )
             for seed in range(seeds)
         ]
         for name, pattern in zip(names, patterns)
