@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -63,7 +63,7 @@ def folds_reference(
         optimizer = torch.optim.AdamW(model.parameters(), lr=ref.lr)
         epoch = iter(range(10**9))
 
-        def batches(fit: torch.Tensor = fit) -> object:
+        def batches(fit: torch.Tensor = fit) -> Iterable[dict]:
             order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed + 1000 * next(epoch)))
             return task.batches_by_id(fit[order], batch_size)
 
