@@ -17,23 +17,22 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
-
-from online_select.bench import Comparison, bench_table, comparison_for, read_metrics, summarise_run
-from online_select.config import load_config
+from online_select.bench import Comparison, RunSummary, bench_table, comparison_for, read_metrics, summarise_run
+from online_select.config import Config, load_config
 
 
-def comparison_of(folder: str) -> Comparison:
-    """The bench's reading of the task the run trained (accuracy, or an LM's validation loss), smoothed over 3."""
-    return comparison_for(load_config(Path(folder) / "config.yaml", []), None, None, 3)
+def comparison_of(config: Config) -> Comparison:
+    """The bench's reading of the task a run trained (accuracy, or an LM's validation loss), smoothed over 3."""
+    return comparison_for(config, None, None, 3)
+
+
+def summary(name: str, seed: int, folder: str, comparison: Comparison) -> RunSummary:
+    return summarise_run(name, seed, read_metrics(Path(folder) / "metrics.jsonl", comparison.metric), comparison)
 
 
 def main(folders: list[str]) -> None:
-    comparison = comparison_of(folders[0])
-    runs = [
-        summarise_run(folder, 0, read_metrics(Path(folder) / "metrics.jsonl", comparison.metric), comparison)
-        for folder in folders
-    ]
+    comparison = comparison_of(load_config(Path(folders[0]) / "config.yaml", []))
+    runs = [summary(folder, 0, folder, comparison) for folder in folders]
     digits, scale = comparison.digits_scale
     name, target = comparison.label, runs[0].best
     baseline_steps, baseline_secs = runs[0].first_reaching(target)
@@ -51,18 +50,13 @@ def main(folders: list[str]) -> None:
 
 
 def main_seeds(seeds: int, patterns: list[str]) -> None:
-    comparison = comparison_of(patterns[0].format(seed=0))
-    policy = yaml.safe_load((Path(patterns[0].format(seed=0)) / "config.yaml").read_text())["selection"]["policy"]
-    if policy != "uniform":
-        sys.exit(f"--seeds: the baseline {patterns[0]} must be uniform runs, not {policy}")
+    baseline = load_config(Path(patterns[0].format(seed=0)) / "config.yaml", [])
+    if baseline.selection.policy != "uniform":
+        sys.exit(f"--seeds: the baseline {patterns[0]} must be uniform runs, not {baseline.selection.policy}")
+    comparison = comparison_of(baseline)
     names = ["uniform"] + patterns[1:]
     runs = {
-        name: [
-            summarise_run(
-                name, seed, read_metrics(Path(pattern.format(seed=seed)) / "metrics.jsonl", comparison.metric), comparison
-            )
-            for seed in range(seeds)
-        ]
+        name: [summary(name, seed, pattern.format(seed=seed), comparison) for seed in range(seeds)]
         for name, pattern in zip(names, patterns)
     }
     print(bench_table(runs))
