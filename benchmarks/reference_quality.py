@@ -19,7 +19,6 @@ Run: python benchmarks/reference_quality.py SEEDS [--save=DIR] [recipe overrides
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from noise_ceiling import kept_errors
 from torch import nn
 
 from online_select import ReferenceTable
+from online_select.bench import _fmt
 from online_select.config import load_config
 from online_select.models import mlp_classifier, small_cnn
 from online_select.reference import reference_table_from_models, train_model
@@ -118,21 +118,15 @@ def slug(name: str) -> str:
     return "_".join("".join(c if c.isalnum() else " " for c in name.split(" (")[0].lower()).split())
 
 
-def mean_std(values: list[float], digits: int) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def main(seeds: int, overrides: list[str]) -> None:
     save = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("--save=")), None)
     overrides = [o for o in overrides if not o.startswith("--save=")]
     seconds: dict[str, list[float]] = defaultdict(list)
     errors: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
+    config = load_config(RECIPE, overrides)
+    torch.set_num_threads(config.train.threads or torch.get_num_threads())
+    task = build_task(config)  # the data and its label noise do not depend on the run seed; the references do
     for seed in range(seeds):
-        config = load_config(RECIPE, overrides + [f"seed={seed}"])
-        torch.set_num_threads(config.train.threads or torch.get_num_threads())
-        task = build_task(config)
         spent: dict[str, float] = {}
         for name, (build, builds_on) in references(task, seed).items():
             print(f"reference_quality: seed {seed}, {name}", file=sys.stderr, flush=True)
@@ -152,10 +146,10 @@ def main(seeds: int, overrides: list[str]) -> None:
     print("|---|---|" + "---|" * len(FLOORS))
     for name, spent_s in seconds.items():
         shown = " | ".join(
-            f"{mean_std([c for c, _ in errors[name, floor]], 2)} / {mean_std([n for _, n in errors[name, floor]], 2)}"
+            f"{_fmt([c for c, _ in errors[name, floor]], 2)} / {_fmt([n for _, n in errors[name, floor]], 2)}"
             for floor in FLOORS
         )
-        print(f"| {name} | {mean_std(spent_s, 1)} | {shown} |")
+        print(f"| {name} | {_fmt(spent_s, 1)} | {shown} |")
 
 
 if __name__ == "__main__":
