@@ -110,3 +110,18 @@ done
 wait
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/refresh/uniform/seed{seed}" "$out/rounds_e2e/levers/seed{seed}" \
     "$out/rounds_e2e/rounds3/seed{seed}" | tee "$out/rounds_e2e.md"
+
+# 14. The levers behind the two-architecture reference of section 13 (the MLP and the CNN, probabilities averaged),
+#     with uniform and the levers behind the recipe's reference: 3 seeds, one run at a time (seconds compare too).
+session=(train.max_steps=4000 train.schedule=cosine train.eval_every=250 train.checkpoint_every=0
+         logging.trackers=[] train.threads=2 train.progress=false)
+levers2=(selection.label_floor=0.05 selection.reject_after=2 scorer.update_every=4 reference.refresh_at=[0.25,0.5,0.75])
+for seed in 0 1 2; do
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/uniform/seed$seed" "${session[@]}" selection.policy=uniform
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/levers/seed$seed" "${session[@]}" "${levers2[@]}"
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/two_architectures/seed$seed" "${session[@]}" "${levers2[@]}" \
+      reference.kind=file \
+      reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_cnn_twin_halves_probabilities_averaged.safetensors"
+done
+python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
+    "$out/mix/two_architectures/seed{seed}" | tee "$out/two_architectures.md"

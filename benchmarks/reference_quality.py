@@ -7,11 +7,12 @@ on the other folds and scores fold f). Against the recipe's (MLP twin halves, 3 
 - more rounds: round r trains the twin halves again on the samples round r - 1 found plausible
   (``p_ref >= 0.05``), so it learns from cleaner labels (iterative cross-validated filtering);
 - an ensemble: two twin-halves references from different seeds, their probabilities averaged;
-- the large model's own architecture (the recipe's CNN) as the twin halves, one epoch.
+- the large model's own architecture (the recipe's CNN) as the twin halves, one epoch;
+- two architectures: the recipe's MLP and that CNN, their probabilities averaged (they err on different samples).
 
 Prints each reference's seconds and its two errors at several label floors, counted against the task's true
 noise flags: clean samples excluded % / noisy share of the kept %, mean ± std over seeds 0..SEEDS-1 (the
-seconds of a reference built on another include the other's). ``--save=DIR`` writes each table to
+seconds of a reference built on others include theirs). ``--save=DIR`` writes each table to
 ``DIR/seedS/SLUG.safetensors``, to train behind it (``reference.kind=file reference.path=...``).
 
 Run: python benchmarks/reference_quality.py SEEDS [--save=DIR] [recipe overrides...]     (markdown on stdout)
@@ -72,9 +73,9 @@ def folds_reference(
     return reference_table_from_models(parts, task.loss, lambda batch: batch["id"], len(task.train_y))
 
 
-def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Callable[[], ReferenceTable], str | None]]:
-    """The references compared, in the order they print: each a builder and the name of the reference it
-    builds on (its table is reused, its seconds are counted in), or None."""
+def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Callable[[], ReferenceTable], tuple[str, ...]]]:
+    """The references compared, in the order they print: each a builder and the names of the references it
+    builds on (their tables are reused, their seconds are counted in)."""
     ref = task.config.reference
     pixels = task.train_x[0].numel()
     mlp = lambda: mlp_classifier(pixels, task.num_classes, ref.hidden)  # noqa: E731
@@ -100,16 +101,23 @@ def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Call
     def large_architecture() -> ReferenceTable:
         m, (channels, size, _) = task.config.model, task.image_shape
         cnn = lambda: small_cnn(channels, task.num_classes, width=m.width, hidden=m.hidden, image_size=size)  # noqa: E731
-        return folds_reference(task, cnn, 2, 1, seed + 700, batch_size=64)
+        built["cnn"] = folds_reference(task, cnn, 2, 1, seed + 700, batch_size=64)
+        return built["cnn"]
+
+    def two_architectures() -> ReferenceTable:
+        averaged = (torch.exp(-built["recipe"].table) + torch.exp(-built["cnn"].table)) / 2
+        return ReferenceTable(-torch.log(averaged), built["recipe"].extra)
 
     recipe_name = f"MLP twin halves, {ref.epochs} epochs (the recipe's)"
+    cnn_name = "large-model CNN as twin halves, 1 epoch"
     return {
-        recipe_name: (recipe, None),
-        f"MLP 4 folds, {ref.epochs} epochs": (lambda: folds_reference(task, mlp, 4, ref.epochs, seed + 100), None),
-        "MLP twin halves, 2 rounds": (next_round("recipe", "round 2", seed + 200), recipe_name),
-        "MLP twin halves, 3 rounds": (next_round("round 2", "round 3", seed + 300), "MLP twin halves, 2 rounds"),
-        "2 MLP twin halves (2 seeds), probabilities averaged": (ensemble, recipe_name),
-        "large-model CNN as twin halves, 1 epoch": (large_architecture, None),
+        recipe_name: (recipe, ()),
+        f"MLP 4 folds, {ref.epochs} epochs": (lambda: folds_reference(task, mlp, 4, ref.epochs, seed + 100), ()),
+        "MLP twin halves, 2 rounds": (next_round("recipe", "round 2", seed + 200), (recipe_name,)),
+        "MLP twin halves, 3 rounds": (next_round("round 2", "round 3", seed + 300), ("MLP twin halves, 2 rounds",)),
+        "2 MLP twin halves (2 seeds), probabilities averaged": (ensemble, (recipe_name,)),
+        cnn_name: (large_architecture, ()),
+        "MLP twin halves + CNN twin halves, probabilities averaged": (two_architectures, (recipe_name, cnn_name)),
     }
 
 
@@ -132,7 +140,7 @@ def main(seeds: int, overrides: list[str]) -> None:
             print(f"reference_quality: seed {seed}, {name}", file=sys.stderr, flush=True)
             start = time.perf_counter()
             table = build()
-            spent[name] = time.perf_counter() - start + (spent[builds_on] if builds_on else 0.0)
+            spent[name] = time.perf_counter() - start + sum(spent[other] for other in builds_on)
             seconds[name].append(spent[name])
             p_label = torch.exp(-table.table)
             for floor in FLOORS:
