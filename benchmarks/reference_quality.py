@@ -73,6 +73,12 @@ def folds_reference(
     return reference_table_from_models(parts, task.loss, lambda batch: batch["id"], len(task.train_y))
 
 
+def averaged(first: ReferenceTable, other: ReferenceTable) -> ReferenceTable:
+    """Two references' probabilities of each label averaged, with ``first``'s features (the scorer reads them)."""
+    p_label = (torch.exp(-first.table) + torch.exp(-other.table)) / 2
+    return ReferenceTable(-torch.log(p_label), first.extra)
+
+
 def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Callable[[], ReferenceTable], tuple[str, ...]]]:
     """The references compared, in the order they print: each a builder and the names of the references it
     builds on (their tables are reused, their seconds are counted in)."""
@@ -94,19 +100,13 @@ def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Call
         return build
 
     def ensemble() -> ReferenceTable:
-        other = folds_reference(task, mlp, 2, ref.epochs, seed + 500)
-        averaged = (torch.exp(-built["recipe"].table) + torch.exp(-other.table)) / 2
-        return ReferenceTable(-torch.log(averaged), built["recipe"].extra)
+        return averaged(built["recipe"], folds_reference(task, mlp, 2, ref.epochs, seed + 500))
 
     def large_architecture() -> ReferenceTable:
         m, (channels, size, _) = task.config.model, task.image_shape
         cnn = lambda: small_cnn(channels, task.num_classes, width=m.width, hidden=m.hidden, image_size=size)  # noqa: E731
         built["cnn"] = folds_reference(task, cnn, 2, 1, seed + 700, batch_size=64)
         return built["cnn"]
-
-    def two_architectures() -> ReferenceTable:
-        averaged = (torch.exp(-built["recipe"].table) + torch.exp(-built["cnn"].table)) / 2
-        return ReferenceTable(-torch.log(averaged), built["recipe"].extra)
 
     recipe_name = f"MLP twin halves, {ref.epochs} epochs (the recipe's)"
     cnn_name = "large-model CNN as twin halves, 1 epoch"
@@ -117,7 +117,10 @@ def references(task: ImageClassificationTask, seed: int) -> dict[str, tuple[Call
         "MLP twin halves, 3 rounds": (next_round("round 2", "round 3", seed + 300), ("MLP twin halves, 2 rounds",)),
         "2 MLP twin halves (2 seeds), probabilities averaged": (ensemble, (recipe_name,)),
         cnn_name: (large_architecture, ()),
-        "MLP twin halves + CNN twin halves, probabilities averaged": (two_architectures, (recipe_name, cnn_name)),
+        "MLP twin halves + CNN twin halves, probabilities averaged": (
+            lambda: averaged(built["recipe"], built["cnn"]),
+            (recipe_name, cnn_name),
+        ),
     }
 
 
