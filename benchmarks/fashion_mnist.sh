@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 460 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 480 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -100,12 +100,12 @@ python3 benchmarks/steps_to_best.py "$out/refresh/uniform/seed0" \
 #     own reference, side by side (six runs at once, one thread each: steps and accuracy compare, seconds do not).
 python3 benchmarks/reference_quality.py 3 --save="$out/reference_quality" train.threads=2 | tee "$out/reference_quality.md"
 levers=(selection.policy=predicted_learnability selection.label_floor=0.05 selection.reject_after=2 scorer.update_every=4
-        reference.refresh_at=[0.25,0.5,0.75] train.max_steps=4000 train.schedule=cosine train.eval_every=250
-        train.checkpoint_every=0 logging.trackers=[] train.threads=1 train.progress=false)
+        reference.refresh_at=[0.25,0.5,0.75])
+parallel=(train.max_steps=4000 "${common[@]}" train.threads=1 train.progress=false)
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/levers/seed$seed" "${levers[@]}" &
-  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/rounds3/seed$seed" "${levers[@]}" reference.kind=file \
-      reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_3_rounds.safetensors" &
+  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/levers/seed$seed" "${levers[@]}" "${parallel[@]}" &
+  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/rounds3/seed$seed" "${levers[@]}" "${parallel[@]}" \
+      reference.kind=file reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_3_rounds.safetensors" &
 done
 wait
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/refresh/uniform/seed{seed}" "$out/rounds_e2e/levers/seed{seed}" \
@@ -113,14 +113,12 @@ python3 benchmarks/steps_to_best.py --seeds=3 "$out/refresh/uniform/seed{seed}" 
 
 # 14. The levers behind the two-architecture reference of section 13 (the MLP and the CNN, probabilities averaged),
 #     with uniform and the levers behind the recipe's reference: 3 seeds, one run at a time (seconds compare too).
-session=(train.max_steps=4000 train.schedule=cosine train.eval_every=250 train.checkpoint_every=0
-         logging.trackers=[] train.threads=2 train.progress=false)
-levers2=(selection.label_floor=0.05 selection.reject_after=2 scorer.update_every=4 reference.refresh_at=[0.25,0.5,0.75])
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/uniform/seed$seed" "${session[@]}" selection.policy=uniform
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/levers/seed$seed" "${session[@]}" "${levers2[@]}"
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/two_architectures/seed$seed" "${session[@]}" "${levers2[@]}" \
-      reference.kind=file \
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/uniform/seed$seed" selection.policy=uniform \
+      train.max_steps=4000 "${common[@]}"
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/levers/seed$seed" "${levers[@]}" train.max_steps=4000 "${common[@]}"
+  online-select train "$recipe" seed=$seed output_dir="$out/mix/two_architectures/seed$seed" "${levers[@]}" \
+      train.max_steps=4000 "${common[@]}" reference.kind=file \
       reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_cnn_twin_halves_probabilities_averaged.safetensors"
 done
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
