@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 485 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 515 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -126,3 +126,17 @@ for seed in 0 1 2; do
 done
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
     "$out/mix/two_architectures/seed{seed}" "$out/mix/levers_explore005/seed{seed}" | tee "$out/two_architectures.md"
+
+# 15. Budgets: uniform, the default and the levers, each with its cosine schedule over its own budget (1333, 2000
+#     and 4000 steps, 16 evals each); 3 seeds, one run at a time, all in one session so the seconds compare.
+for steps in 2000 1333 4000; do
+  for seed in 0 1 2; do
+    budget=(train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)))
+    online-select train "$recipe" seed=$seed output_dir="$out/budget/levers_$steps/seed$seed" "${levers[@]}" "${budget[@]}"
+    online-select train "$recipe" seed=$seed output_dir="$out/budget/default_$steps/seed$seed" "${budget[@]}"
+    online-select train "$recipe" seed=$seed output_dir="$out/budget/uniform_$steps/seed$seed" selection.policy=uniform \
+        "${budget[@]}"
+  done
+done
+python3 benchmarks/budgets.py --seeds=3 $(for steps in 1333 2000 4000; do for run in uniform default levers; do
+  echo "$out/budget/${run}_$steps/seed{seed}"; done; done) | tee "$out/budgets.md"
