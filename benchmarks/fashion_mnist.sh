@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 515 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 545 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -140,3 +140,15 @@ for steps in 2000 1333 4000; do
 done
 python3 benchmarks/budgets.py --seeds=3 $(for steps in 1333 2000 4000; do for run in uniform default levers; do
   echo "$out/budget/${run}_$steps/seed{seed}"; done; done) | tee "$out/budgets.md"
+
+# 16. The same budgets with the CNN twice as wide (model.width=64): uniform and the levers, 2 seeds, one run at a time.
+for seed in 0 1; do
+  for steps in 2000 1333 4000; do
+    budget=(train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)) model.width=64)
+    online-select train "$recipe" seed=$seed output_dir="$out/budget_w64/levers_$steps/seed$seed" "${levers[@]}" "${budget[@]}"
+    online-select train "$recipe" seed=$seed output_dir="$out/budget_w64/uniform_$steps/seed$seed" selection.policy=uniform \
+        "${budget[@]}"
+  done
+done
+python3 benchmarks/budgets.py --seeds=2 $(for steps in 1333 2000 4000; do for run in uniform levers; do
+  echo "$out/budget_w64/${run}_$steps/seed{seed}"; done; done) | tee "$out/budgets_w64.md"
