@@ -23,20 +23,18 @@ from online_select.config import load_config
 
 
 def main(seeds: int, patterns: list[str]) -> None:
-    configs = {
-        pattern: [load_config(Path(pattern.format(seed=s)) / "config.yaml", []) for s in range(seeds)]
-        for pattern in patterns
-    }
-    comparison = comparison_of(configs[patterns[0]][0])
+    configs = {pattern: load_config(Path(pattern.format(seed=0)) / "config.yaml", []) for pattern in patterns}
+    comparison = comparison_of(configs[patterns[0]])
     runs: dict[str, list[RunSummary]] = {
         pattern: [summary(pattern, s, pattern.format(seed=s), comparison) for s in range(seeds)] for pattern in patterns
     }
-    budget = {pattern: configs[pattern][0].train.max_steps for pattern in patterns}
-    policy = {pattern: configs[pattern][0].selection.policy for pattern in patterns}
+    budget = {pattern: configs[pattern].train.max_steps for pattern in patterns}
+    policy = {pattern: configs[pattern].selection.policy for pattern in patterns}
     uniform = {budget[p]: runs[p] for p in patterns if policy[p] == "uniform"}
     if not uniform:
         sys.exit("budgets: give at least one uniform run pattern")
     largest = max(uniform)
+    base = [u.first_reaching(u.best) for u in uniform[largest]]
     digits, scale = comparison.digits_scale
     name = comparison.label
     print(
@@ -55,7 +53,6 @@ def main(seeds: int, patterns: list[str]) -> None:
         )
         seconds = _fmt([r.curve[-1]["wall_s"] for r in rows], 1)
         reached = [r.first_reaching(u.best) for r, u in zip(rows, uniform[largest])]
-        base = [u.first_reaching(u.best) for u in uniform[largest]]
         step_ratio = _ratio([b[0] / r[0] for r, b in zip(reached, base)])
         time_ratio = _ratio([b[1] / r[1] for r, b in zip(reached, base)])
         label = pattern.replace("/seed{seed}", "").rstrip("/").split("/")[-1]

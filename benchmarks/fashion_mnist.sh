@@ -127,28 +127,29 @@ done
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
     "$out/mix/two_architectures/seed{seed}" "$out/mix/levers_explore005/seed{seed}" | tee "$out/two_architectures.md"
 
-# 15. Budgets: uniform, the default and the levers, each with its cosine schedule over its own budget (1333, 2000
-#     and 4000 steps, 16 evals each); 3 seeds, one run at a time, all in one session so the seconds compare.
-for steps in 2000 1333 4000; do
-  for seed in 0 1 2; do
-    budget=(train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)))
-    online-select train "$recipe" seed=$seed output_dir="$out/budget/levers_$steps/seed$seed" "${levers[@]}" "${budget[@]}"
-    online-select train "$recipe" seed=$seed output_dir="$out/budget/default_$steps/seed$seed" "${budget[@]}"
-    online-select train "$recipe" seed=$seed output_dir="$out/budget/uniform_$steps/seed$seed" selection.policy=uniform \
-        "${budget[@]}"
+# 15-16. Budgets: each run with its cosine schedule over its own budget (1333, 2000 and 4000 steps, 16 evals each),
+#     one run at a time, all in one session so the seconds compare.
+#     budget_runs FOLDER "SEEDS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe) and levers.
+budget_runs() {
+  local folder=$1 seeds=$2 runs=$3 seed steps run policy
+  shift 3
+  for seed in $seeds; do
+    for steps in 2000 1333 4000; do
+      for run in $runs; do
+        case $run in
+          uniform) policy=(selection.policy=uniform) ;;
+          default) policy=() ;;
+          levers) policy=("${levers[@]}") ;;
+        esac
+        online-select train "$recipe" seed=$seed output_dir="$out/$folder/${run}_$steps/seed$seed" "${policy[@]}" \
+            train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)) "$@"
+      done
+    done
   done
-done
-python3 benchmarks/budgets.py --seeds=3 $(for steps in 1333 2000 4000; do for run in uniform default levers; do
-  echo "$out/budget/${run}_$steps/seed{seed}"; done; done) | tee "$out/budgets.md"
-
-# 16. The same budgets with the CNN twice as wide (model.width=64): uniform and the levers, 2 seeds, one run at a time.
-for seed in 0 1; do
-  for steps in 2000 1333 4000; do
-    budget=(train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)) model.width=64)
-    online-select train "$recipe" seed=$seed output_dir="$out/budget_w64/levers_$steps/seed$seed" "${levers[@]}" "${budget[@]}"
-    online-select train "$recipe" seed=$seed output_dir="$out/budget_w64/uniform_$steps/seed$seed" selection.policy=uniform \
-        "${budget[@]}"
-  done
-done
-python3 benchmarks/budgets.py --seeds=2 $(for steps in 1333 2000 4000; do for run in uniform levers; do
-  echo "$out/budget_w64/${run}_$steps/seed{seed}"; done; done) | tee "$out/budgets_w64.md"
+  python3 benchmarks/budgets.py --seeds=$(wc -w <<< "$seeds") $(for steps in 1333 2000 4000; do for run in $runs; do
+    echo "$out/$folder/${run}_$steps/seed{seed}"; done; done) | tee "$out/$folder.md"
+}
+# 15. uniform, the default and the levers, 3 seeds.
+budget_runs budget "0 1 2" "uniform default levers"
+# 16. The CNN twice as wide (model.width=64): uniform and the levers, 2 seeds.
+budget_runs budget_w64 "0 1" "uniform levers" model.width=64
