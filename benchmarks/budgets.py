@@ -1,12 +1,13 @@
 """Policies at several budgets, each run with its own schedule over its own `train.max_steps`: the best
-metric each budget buys, against uniform at the same budget and against uniform's best at the largest
-budget given (the question "how short a run of this policy matches a full uniform run").
+metric each budget buys, against uniform at the same budget and against the best of uniform's budgets (mean
+over seeds; the question "how short a run of this policy matches uniform's best run").
 
-Each argument names one run per seed with ``{seed}`` (e.g. ``runs/budget/levers_2000/seed{seed}``); the
-policy and budget are read from each run's config. Every curve is smoothed over 3 evals first, as the
-bench does. "vs uniform, same budget" is the mean ± std over seeds of the paired difference with the
-uniform run of the same seed and budget (when one is given). Training seconds: the whole run, reference
-building and refreshes included, evaluation excluded.
+The step of the best eval and the final metric show where a long budget's uniform run peaks and what it
+loses after (memorising flipped labels). Each argument names one run per seed with ``{seed}`` (e.g.
+``runs/budget/levers_2000/seed{seed}``); the policy and budget are read from each run's config. Every curve
+is smoothed over 3 evals first, as the bench does. "vs uniform, same budget" is the mean ± std over seeds of
+the paired difference with the uniform run of the same seed and budget (when one is given). Training
+seconds: the whole run, reference building and refreshes included, evaluation excluded.
 
 Run: python benchmarks/budgets.py --seeds=N RUNS [RUNS ...]      (markdown on stdout)
 """
@@ -33,18 +34,22 @@ def main(seeds: int, patterns: list[str]) -> None:
     uniform = {budget[p]: runs[p] for p in patterns if policy[p] == "uniform"}
     if not uniform:
         sys.exit("budgets: give at least one uniform run pattern")
-    largest = max(uniform)
-    base = [u.first_reaching(u.best) for u in uniform[largest]]
+    # The target is uniform's best budget, not its largest: past some budget uniform memorises flipped labels.
+    pick = max if comparison.mode == "max" else min
+    target = pick(uniform, key=lambda steps: sum(u.best for u in uniform[steps]))
+    base = [u.first_reaching(u.best) for u in uniform[target]]
     digits, scale = comparison.digits_scale
     name = comparison.label
     print(
-        f"| run | policy | budget (steps) | best {name} | vs uniform, same budget | training seconds | "
-        f"steps to uniform's best at {largest} | speed-up (steps) | seconds to it | speed-up (time) |"
+        f"| run | policy | budget (steps) | best {name} | at step | final {name} | vs uniform, same budget | "
+        f"training seconds | "
+        f"steps to uniform's best (its {target}-step run) | speed-up (steps) | seconds to it | speed-up (time) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for pattern in patterns:
         rows = runs[pattern]
         best = [scale * r.best for r in rows]
+        final = [scale * r.final for r in rows]
         same = uniform.get(budget[pattern])
         diff = (
             _fmt([scale * (r.best - u.best) for r, u in zip(rows, same)], digits)
@@ -52,12 +57,13 @@ def main(seeds: int, patterns: list[str]) -> None:
             else "–"
         )
         seconds = _fmt([r.curve[-1]["wall_s"] for r in rows], 1)
-        reached = [r.first_reaching(u.best) for r, u in zip(rows, uniform[largest])]
+        reached = [r.first_reaching(u.best) for r, u in zip(rows, uniform[target])]
         step_ratio = _ratio([b[0] / r[0] for r, b in zip(reached, base)])
         time_ratio = _ratio([b[1] / r[1] for r, b in zip(reached, base)])
         label = pattern.replace("/seed{seed}", "").rstrip("/").split("/")[-1]
         print(
-            f"| {label} | {policy[pattern]} | {budget[pattern]} | {_fmt(best, digits)} | {diff} | {seconds} | "
+            f"| {label} | {policy[pattern]} | {budget[pattern]} | {_fmt(best, digits)} | "
+            f"{_fmt([r.best_step for r in rows], 0)} | {_fmt(final, digits)} | {diff} | {seconds} | "
             f"{_fmt([r[0] for r in reached], 0)} | {step_ratio} | {_fmt([r[1] for r in reached], 1)} | {time_ratio} |"
         )
 
