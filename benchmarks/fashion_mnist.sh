@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 545 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 660 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -129,12 +129,13 @@ python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$ou
 
 # 15-16. Budgets: each run with its cosine schedule over its own budget (1333, 2000 and 4000 steps, 16 evals each),
 #     one run at a time, all in one session so the seconds compare.
-#     budget_runs FOLDER "SEEDS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe) and levers.
+#     budget_runs FOLDER "SEEDS" "BUDGETS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe) and
+#     levers; the table reads "steps to uniform's best" against uniform's last budget.
 budget_runs() {
-  local folder=$1 seeds=$2 runs=$3 seed steps run policy
-  shift 3
+  local folder=$1 seeds=$2 budgets=$3 runs=$4 seed steps run policy
+  shift 4
   for seed in $seeds; do
-    for steps in 2000 1333 4000; do
+    for steps in $budgets; do
       for run in $runs; do
         case $run in
           uniform) policy=(selection.policy=uniform) ;;
@@ -146,10 +147,24 @@ budget_runs() {
       done
     done
   done
-  python3 benchmarks/budgets.py --seeds=$(wc -w <<< "$seeds") $(for steps in 1333 2000 4000; do for run in $runs; do
+  python3 benchmarks/budgets.py --seeds=$(wc -w <<< "$seeds") $(for steps in $budgets; do for run in $runs; do
     echo "$out/$folder/${run}_$steps/seed{seed}"; done; done) | tee "$out/$folder.md"
 }
 # 15. uniform, the default and the levers, 3 seeds.
-budget_runs budget "0 1 2" "uniform default levers"
-# 16. The CNN twice as wide (model.width=64): uniform and the levers, 2 seeds.
-budget_runs budget_w64 "0 1" "uniform levers" model.width=64
+budget_runs budget "0 1 2" "1333 2000 4000" "uniform default levers"
+# 16. The CNN twice as wide (model.width=64): uniform and the levers, 3 seeds; then both at 8000 steps.
+budget_runs budget_w64 "0 1 2" "1333 2000 4000" "uniform levers" model.width=64
+budget_runs budget_w64_long "0 1 2" "8000" "uniform levers" model.width=64
+# 17. Long budgets (8000 and 12000 steps: 8.5 and 12.8 epochs of the trained samples), 3 seeds; then at 8000 steps
+#     the levers sampling almost uniformly among the labels they keep (temperature 10), 3 seeds, and behind an
+#     oracle label filter (section 9's table: reference_filter and the default policy), seed 0.
+budget_runs budget_long "0 1 2" "8000 12000" "uniform default levers"
+for seed in 0 1 2; do
+  online-select train "$recipe" seed=$seed output_dir="$out/budget_long_probe/levers_t10.0_8000/seed$seed" "${levers[@]}" \
+      selection.temperature=10.0 train.max_steps=8000 "${common[@]}" train.eval_every=500
+done
+oracle=(reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors")
+online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_filter_8000/seed0" selection.policy=reference_filter \
+    "${oracle[@]}" train.max_steps=8000 "${common[@]}" train.eval_every=500
+online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_8000/seed0" "${oracle[@]}" \
+    train.max_steps=8000 "${common[@]}" train.eval_every=500
