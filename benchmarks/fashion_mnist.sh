@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 660 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 685 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -153,11 +153,12 @@ budget_runs() {
 # 15. uniform, the default and the levers, 3 seeds.
 budget_runs budget "0 1 2" "1333 2000 4000" "uniform default levers"
 # 16. The CNN twice as wide (model.width=64): uniform and the levers, 3 seeds; then both at 8000 steps.
-budget_runs budget_w64 "0 1 2" "1333 2000 4000" "uniform levers" model.width=64
+budget_runs budget_w64 "0 1 2" "1333 2000 3000 4000" "uniform levers" model.width=64
 budget_runs budget_w64_long "0 1 2" "8000" "uniform levers" model.width=64
 # 17. Long budgets (8000 and 12000 steps: 8.5 and 12.8 epochs of the trained samples), 3 seeds; then at 8000 steps
 #     the levers sampling almost uniformly among the labels they keep (temperature 10), 3 seeds, and behind an
-#     oracle label filter (section 9's table: reference_filter and the default policy), seed 0.
+#     oracle label filter (section 9's table: reference_filter, and the default policy over 3000, 4000 and 8000 steps),
+#     seed 0.
 budget_runs budget_long "0 1 2" "8000 12000" "uniform default levers"
 for seed in 0 1 2; do
   online-select train "$recipe" seed=$seed output_dir="$out/budget_long_probe/levers_t10.0_8000/seed$seed" "${levers[@]}" \
@@ -166,5 +167,7 @@ done
 oracle=(reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors")
 online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_filter_8000/seed0" selection.policy=reference_filter \
     "${oracle[@]}" train.max_steps=8000 "${common[@]}" train.eval_every=500
-online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_8000/seed0" "${oracle[@]}" \
-    train.max_steps=8000 "${common[@]}" train.eval_every=500
+for steps in 3000 4000 8000; do
+  online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_$steps/seed0" "${oracle[@]}" \
+      train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16))
+done
