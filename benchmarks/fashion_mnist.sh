@@ -127,10 +127,9 @@ done
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
     "$out/mix/two_architectures/seed{seed}" "$out/mix/levers_explore005/seed{seed}" | tee "$out/two_architectures.md"
 
-# 15-16. Budgets: each run with its cosine schedule over its own budget (1333, 2000 and 4000 steps, 16 evals each),
-#     one run at a time, all in one session so the seconds compare.
+# 15-17. Budgets: each run with its cosine schedule over its own budget (16 evals each), one run at a time.
 #     budget_runs FOLDER "SEEDS" "BUDGETS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe) and
-#     levers; the table reads "steps to uniform's best" against uniform's last budget.
+#     levers; the table reads "steps to uniform's best" against uniform's best budget (budgets.py).
 budget_runs() {
   local folder=$1 seeds=$2 budgets=$3 runs=$4 seed steps run policy
   shift 4
