@@ -92,6 +92,9 @@ class ReferenceConfig:
     # Fractions of train.max_steps at which the large model re-judges the labels of the samples it has
     # not trained on yet: its loss replaces the reference loss there (OnlineSelector.refresh_reference).
     refresh_at: list = field(default_factory=list)
+    # Samples per large-model forward in a refresh; 0: selection.keep's count k, the batch the large model
+    # trains at (on a CPU, small batches run faster per sample: benchmarks/refresh_cost.py).
+    refresh_batch_size: int = 0
 
 
 @dataclass

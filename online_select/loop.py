@@ -342,6 +342,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
     refresh_steps = _refresh_steps(config, task, selector)
+    refresh_batch_size = config.reference.refresh_batch_size or k
     temperature_at = _temperature_schedule(config)
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
@@ -419,8 +420,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         ids = task.train_ids[selector.untrained(task.train_ids)]
         losses, noisy = [], []
-        with torch.no_grad():
-            for batch in task.batches_by_id(ids, 256):
+        with torch.inference_mode():
+            for batch in task.batches_by_id(ids, refresh_batch_size):
                 losses.append(large_loss_fn(batch).float().cpu())
                 if task.noise_key and task.noise_key in batch:
                     noisy.append(batch[task.noise_key].cpu())
@@ -531,6 +532,8 @@ def _refresh_steps(config: Config, task: Task, selector: OnlineSelector) -> set[
     fractions = config.reference.refresh_at
     if not fractions or selector.reference is None:  # a policy without a reference has nothing to refresh
         return set()
+    if config.reference.refresh_batch_size < 0:
+        raise ValueError(f"reference.refresh_batch_size must be >= 0 (0: selection.keep), got {config.reference.refresh_batch_size}")
     if any(not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions):
         raise ValueError(f"reference.refresh_at must list fractions of train.max_steps in (0, 1), got {fractions}")
     if task.train_ids is None:

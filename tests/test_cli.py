@@ -143,6 +143,19 @@ def test_reference_refresh_runs_at_the_given_fractions(tiny_idx_folder, tmp_path
     # 10 steps of 16 picks leave most of the 1200 generated samples untrained.
     assert 1200 - 160 <= refreshes[0]["reference/refreshed"] < 1200
     assert refreshes[0]["reference/refresh_seconds"] > 0 and "reference/admitted" in refreshes[0]
+    # The refresh's forward batch size (default: selection.keep) changes its speed, not its verdicts.
+    other = tmp_path / "batch7"
+    args = _small(tiny_idx_folder, other, "train.max_steps=20", "reference.refresh_at=[0.5]", "train.checkpoint_every=0",
+                  "reference.refresh_batch_size=7")
+    assert main(["train", str(RECIPE), *args]) == 0
+    lines = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()]
+    verdicts = ("reference/refreshed", "reference/admitted", "reference/rejected")
+    assert [{key: line[key] for key in verdicts} for line in lines if "reference/refreshed" in line] == [
+        {key: refreshes[0][key] for key in verdicts}
+    ]
+    with pytest.raises(ValueError, match="refresh_batch_size must be >= 0"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "z", "reference.refresh_at=[0.5]",
+                                           "reference.refresh_batch_size=-1")])
     with pytest.raises(ValueError, match=r"fractions of train.max_steps in \(0, 1\)"):
         main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.refresh_at=[1.5]")])
     with pytest.raises(ValueError, match="needs a reference table .* and a policy with a scorer"):
