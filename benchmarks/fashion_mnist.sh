@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 685 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 790 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -170,3 +170,15 @@ for steps in 3000 4000 8000; do
   online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_$steps/seed0" "${oracle[@]}" \
       train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16))
 done
+
+# 18. Is 8000 steps uniform's best budget? Uniform over 6000 and 10000 steps at width 32, over 6000 and 12000 at
+#     width 64, 3 seeds (the README reads them with the 8000-step runs of sections 16 and 17).
+budget_runs budget_long_uniform "0 1 2" "6000 10000" "uniform"
+budget_runs budget_w64_long_uniform "0 1 2" "6000 12000" "uniform" model.width=64
+
+# 19. What a refresh's large-model forward costs per sample, by batch size (it runs in batches of selection.keep);
+#     then width 64 again with that batch (64, where it was 256): uniform and the levers at 2500 and 3000 steps and
+#     uniform at 8000, 3 seeds, one session, so the clock reading against uniform's plateau is side by side.
+python3 benchmarks/refresh_cost.py | tee "$out/refresh_cost.md"
+budget_runs budget_w64_refresh "0 1 2" "2500 3000" "uniform levers" model.width=64
+budget_runs budget_w64_refresh_long "0 1 2" "8000" "uniform" model.width=64
