@@ -187,8 +187,8 @@ for seed in 0 1 2; do
   online-select train "$recipe" seed=$seed output_dir="$out/budget_w64_refresh/levers_once_3000/seed$seed" "${levers[@]}" \
       'reference.refresh_at=[0.25]' train.max_steps=3000 "${common[@]}" train.eval_every=187 model.width=64
 done
-#     and the default behind the oracle label filter (section 9's table), 3000 steps, seed 0.
-online-select train "$recipe" seed=0 output_dir="$out/budget_w64_oracle/oracle_scored_3000/seed0" reference.kind=file \
-    reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=3000 "${common[@]}" train.eval_every=187
+#     and the default behind the oracle label filter (section 17's oracle overrides: section 9's table), 3000 steps, seed 0.
+online-select train "$recipe" seed=0 output_dir="$out/budget_w64_oracle/oracle_scored_3000/seed0" "${oracle[@]}" \
+    model.width=64 train.max_steps=3000 "${common[@]}" train.eval_every=187
 python3 benchmarks/steps_to_best.py "$out/budget_w64_long_uniform/uniform_6000/seed0" "$out/budget_w64_oracle/oracle_scored_3000/seed0" \
     "$out/budget_w64_refresh/levers_3000/seed0" | tee "$out/budget_w64_oracle.md"
