@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 797 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 925 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
@@ -192,3 +192,11 @@ online-select train "$recipe" seed=0 output_dir="$out/budget_w64_oracle/oracle_s
     model.width=64 train.max_steps=3000 "${common[@]}" train.eval_every=187
 python3 benchmarks/steps_to_best.py "$out/budget_w64_long_uniform/uniform_6000/seed0" "$out/budget_w64_oracle/oracle_scored_3000/seed0" \
     "$out/budget_w64_refresh/levers_3000/seed0" | tee "$out/budget_w64_oracle.md"
+
+# 20. The CNN four times as wide (model.width=128: 1.9M parameters, about 3x width 64's step): uniform over 4000
+#     steps (seeds 0-1), over 6000 and 8000 (3 seeds), and the levers over 3000 (3 seeds), one run at a time.
+budget_runs budget_w128 "0 1" "4000" "uniform" model.width=128
+budget_runs budget_w128 "0 1 2" "6000 8000" "uniform" model.width=128
+budget_runs budget_w128 "0 1 2" "3000" "levers" model.width=128
+python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
+    | tee "$out/budget_w128.md"
