@@ -243,6 +243,7 @@ class Scorer:
         state: dict[str, Any] = {
             "memory": self.memory.state_dict(),
             "updates": self.updates,
+            "last_loss": self.last_loss,  # logged until the next update (update_every > 1): a resume logs it too
             "num_features": self.num_features,
             # observations waiting for the next update (update_every > 1), so a resume learns from them too
             "pending_features": [f for f, _, _ in self._pending],
@@ -260,6 +261,7 @@ class Scorer:
     def load_state_dict(self, state: dict) -> None:
         self.memory.load_state_dict(state["memory"])
         self.updates = int(state["updates"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
         inputs = state.get("pending_inputs") or [None] * len(state.get("pending_features", []))
         self._pending = list(zip(state.get("pending_features", []), state.get("pending_losses", []), inputs))
         if self.model is not None and "model" in state:

@@ -115,7 +115,13 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_
     assert [line["step"] for line in trace] == list(range(1, MAX_STEPS + 1))
     metrics_whole = [_without_clock(line) for line in _lines(whole / "metrics.jsonl")]
     metrics_resumed = [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")]
-    assert metrics_resumed == metrics_whole, f"killed at step {killed_after}"
+    differing = [
+        (whole_line.get("step"), key, whole_line.get(key), resumed_line.get(key))
+        for whole_line, resumed_line in zip(metrics_whole, metrics_resumed)
+        for key in sorted(set(whole_line) | set(resumed_line))
+        if whole_line.get(key) != resumed_line.get(key)
+    ]
+    assert metrics_resumed == metrics_whole, f"killed at step {killed_after}: (step, key, whole, resumed) {differing}"
     assert [line["step"] for line in metrics_whole] == [0, 10, 12, 20, 30, 40]
     assert metrics_whole[2]["reference/refreshed"] > 0
     assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step-00000035", "step-00000040"]

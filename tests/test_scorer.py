@@ -150,6 +150,18 @@ def test_update_every_keeps_waiting_observations_across_a_state_dict_round_trip(
     assert torch.equal(a.predict(features), b.predict(features))
 
 
+def test_last_scorer_loss_survives_a_state_dict_round_trip():
+    # With update_every > 1 the last update's loss is what gets logged until the next one, resumed or not.
+    a, b = Scorer(update_every=2), Scorer(update_every=2)
+    ids = torch.arange(8)
+    features = a.features(None, ids, 0)
+    for step in (0, 1, 2):
+        a.update(features, torch.rand(8), ids, step)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert a.updates == b.updates == 1
+    assert b.last_loss == a.last_loss and a.last_loss == a.last_loss  # not NaN
+
+
 def test_update_every_must_be_positive():
     with pytest.raises(ValueError, match="update_every"):
         Scorer(update_every=0)
