@@ -114,7 +114,7 @@ class SelectionConfig:
     label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
     warmup_steps: int = 0
     # A sample trained on this many times whose observed loss still puts its label under the label floor
-    # becomes ineligible (OnlineSelector.reject_unlearned); 0: never.
+    # becomes ineligible (OnlineSelector.reject_unlearned); 0: never. Policies without a scorer ignore it.
     reject_after: int = 0
     on_nonfinite: str = "raise"
     distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)

@@ -113,7 +113,9 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
         importance_weights=sel.importance_weights,
         label_floor=label_floor,
         warmup_steps=sel.warmup_steps,
-        reject_after=sel.reject_after,
+        # Rejection reads the scorer's loss memory: policies without a scorer (uniform, reference_filter,
+        # the exact scores) have none, so a recipe's reject_after does not apply to them.
+        reject_after=sel.reject_after if policy.needs_scorer else 0,
         on_nonfinite=sel.on_nonfinite,
         id_key="id",
         seed=config.seed,

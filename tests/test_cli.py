@@ -163,6 +163,23 @@ def test_reference_refresh_runs_at_the_given_fractions(tiny_idx_folder, tmp_path
                                            "selection.policy=reference_filter")])
 
 
+def test_reject_after_applies_to_scorer_policies_only(tiny_idx_folder, tmp_path):
+    # The recipe rejects after 2 visits; uniform and reference_filter keep no loss memory, so it does not apply.
+    for policy in ("uniform", "reference_filter"):
+        out = tmp_path / policy
+        args = _small(tiny_idx_folder, out, f"selection.policy={policy}", "selection.reject_after=2", "train.max_steps=10",
+                      "train.checkpoint_every=0")
+        assert main(["train", str(RECIPE), *args]) == 0
+        evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
+        assert evals and not any("selection/rejected" in line for line in evals)
+    # A scorer policy without a reference table cannot reject: that is an error, not a silent no-op.
+    out = tmp_path / "scored"
+    args = _small(tiny_idx_folder, out, "selection.policy=predicted_loss", "reference.kind=none", "selection.reject_after=2",
+                  "train.max_steps=10", "train.checkpoint_every=0")
+    with pytest.raises(ValueError, match="reject_after needs a ReferenceTable reference"):
+        main(["train", str(RECIPE), *args])
+
+
 def test_temperature_end_anneals_the_sampling_temperature(tiny_idx_folder, tmp_path):
     out = tmp_path / "run"
     args = _small(tiny_idx_folder, out, "train.max_steps=21", "logging.log_every=10", "train.checkpoint_every=0",
