@@ -1,35 +1,38 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 945 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 1010 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
 recipe=recipes/fashion_mnist_noisy.yaml
 common=(train.schedule=cosine train.eval_every=250 train.checkpoint_every=0 logging.trackers=[] train.threads=2)
+# Sections 1-20 ran before the recipe's default got the label floor 0.05, rejection after 2 visits and a scorer
+# update every 4 steps (section 21). They pass the earlier default first, so every override after it still wins.
+earlier=(selection.label_floor=auto selection.reject_after=0 scorer.update_every=1)
 export WANDB_MODE=offline
 
 # 1. The main table: 3 seeds, 4000 steps (4.7 epochs of uniform's k=64 samples), 30% symmetric label noise.
-online-select bench "$recipe" --policies uniform,reference_filter,predicted_learnability --seeds 3 \
+online-select bench "$recipe" "${earlier[@]}" --policies uniform,reference_filter,predicted_learnability --seeds 3 \
     --targets 0.85,0.87,0.89 --out "$out/main" train.max_steps=4000 "${common[@]}"
 
 # 2. Cheap scoring vs exact scoring (a large-model forward on all 640 candidates), early phase, one seed.
-online-select bench "$recipe" --policies uniform,predicted_learnability,learnability,reducible_loss --seeds 1 \
+online-select bench "$recipe" "${earlier[@]}" --policies uniform,predicted_learnability,learnability,reducible_loss --seeds 1 \
     --targets 0.85,0.87 --out "$out/oracles" train.max_steps=1500 "${common[@]}"
 
 # 3. B/k sweep of the default policy (k = 64 fixed), one seed.
-online-select bench "$recipe" --policies uniform,predicted_learnability --seeds 1 --sweep 2,5,10,20 \
+online-select bench "$recipe" "${earlier[@]}" --policies uniform,predicted_learnability --seeds 1 --sweep 2,5,10,20 \
     --targets 0.85,0.87 --out "$out/sweep" train.max_steps=2000 "${common[@]}"
 
 # 4. Other data and noise levels, one seed each.
 scripts/fetch_mnist.sh data/mnist
-online-select bench "$recipe" --policies uniform,predicted_learnability --seeds 1 --targets 0.95,0.97 \
+online-select bench "$recipe" "${earlier[@]}" --policies uniform,predicted_learnability --seeds 1 --targets 0.95,0.97 \
     --out "$out/mnist30" data.path=data/mnist train.max_steps=3000 "${common[@]}"
 for noise in 0.1 0.5; do
-  online-select bench "$recipe" --policies uniform,predicted_learnability --seeds 1 --targets 0.85,0.87 \
+  online-select bench "$recipe" "${earlier[@]}" --policies uniform,predicted_learnability --seeds 1 --targets 0.85,0.87 \
       --out "$out/fmnist$noise" data.label_noise=$noise train.max_steps=3000 "${common[@]}"
 done
 
 # 5. Host memory over a long run: peak RSS at 1k and 10k steps (metrics.jsonl: sys/peak_rss_mb).
-online-select train "$recipe" output_dir="$out/long10k" train.max_steps=10000 train.eval_every=1000 \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/long10k" train.max_steps=10000 train.eval_every=1000 \
     train.checkpoint_every=0 logging.trackers=[] train.threads=2
 python3 benchmarks/peak_rss.py "$out/long10k" | tee "$out/long10k/rss.md"
 
@@ -38,59 +41,59 @@ python3 benchmarks/scorer_study.py --steps=3000 --audit-every=250 train.threads=
 sed -n "/^Scorer study/,\$p" "$out/scorer_study.md" > "$out/scorer_table.md"
 
 # 7. What each lever gives (scorer update interval, warm-up, exploration, temperature, top-k), one seed.
-python3 benchmarks/levers.py "$out/levers" train.max_steps=1500 "${common[@]}" | tee "$out/levers.md"
+python3 benchmarks/levers.py "$out/levers" "${earlier[@]}" train.max_steps=1500 "${common[@]}" | tee "$out/levers.md"
 
 # 8. Noise levers at the long budget: the large model re-judging the reference (reference.refresh_at) and
 #    rejecting labels it cannot learn (selection.reject_after), then with scorer.update_every=4, one refresh
 #    instead of three, an annealed temperature and rejection after 3 visits; 3 seeds, 4000 steps. The short budget
 #    with the first five variants.
-python3 benchmarks/reference_refresh.py "$out/refresh" 3 train.max_steps=4000 "${common[@]}" | tee "$out/refresh.md"
-python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 \
+python3 benchmarks/reference_refresh.py "$out/refresh" 3 "${earlier[@]}" train.max_steps=4000 "${common[@]}" | tee "$out/refresh.md"
+python3 benchmarks/reference_refresh.py "$out/refresh1500" 1 "${earlier[@]}" \
     --variants=uniform,predicted_learnability,refresh_at_0.25_0.5_0.75,floor_0.05_reject_after_2_visits,floor_0.05_reject_after_2_visits_refresh_x3 \
     train.max_steps=1500 "${common[@]}" | tee "$out/refresh1500.md"
 
 # 9. The noise ceiling: clean labels, the reference's filter, an oracle filter and oracle hard-mining (15 min), one seed, 4000 steps.
-python3 benchmarks/noise_ceiling.py "$out/noise_ceiling" train.max_steps=4000 "${common[@]}" | tee "$out/noise_ceiling.md"
+python3 benchmarks/noise_ceiling.py "$out/noise_ceiling" "${earlier[@]}" train.max_steps=4000 "${common[@]}" | tee "$out/noise_ceiling.md"
 #    Oracle hard-mining with hard top-k instead of sampling (15 min), read against the noisy uniform run.
-online-select train "$recipe" output_dir="$out/noise_ceiling_extra/oracle_hard_mining_top_k" selection.policy=learnability \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/noise_ceiling_extra/oracle_hard_mining_top_k" selection.policy=learnability \
     reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors" selection.rule=top_k \
     train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/noise_ceiling/uniform/noisy" "$out/noise_ceiling_extra/oracle_hard_mining_top_k" \
     | tee "$out/oracle_top_k.md"
 
 # 10. A constant learning rate (the prior-art protocol: uniform peaks, then memorises flipped labels), 8000 steps.
-python3 benchmarks/reference_refresh.py "$out/const" 3 \
+python3 benchmarks/reference_refresh.py "$out/const" 3 "${earlier[@]}" \
     --variants=uniform,predicted_learnability,floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4 \
     train.max_steps=8000 "${common[@]}" train.schedule=constant | tee "$out/const.md"
 
 # 11. A wider large model (CNN width 64: 0.88M parameters, about 3x the step time): the same selection is a smaller share of the clock.
-python3 benchmarks/reference_refresh.py "$out/width64" 3 \
+python3 benchmarks/reference_refresh.py "$out/width64" 3 "${earlier[@]}" \
     --variants=uniform,predicted_learnability,floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4,floor_0.05_reject_after_2_visits_refresh_once_at_0.25_scorer_update_every_4 \
     model.width=64 train.max_steps=4000 "${common[@]}" | tee "$out/width64.md"
 #     and the oracle filter at that width (one seed; the oracle table comes from section 9).
-online-select train "$recipe" output_dir="$out/width64_oracle_filter" selection.policy=reference_filter reference.kind=file \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/width64_oracle_filter" selection.policy=reference_filter reference.kind=file \
     reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/width64/uniform/seed0" "$out/width64_oracle_filter" \
     "$out/width64/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" | tee "$out/width64_oracle_filter.md"
 #     and the default policy's scorer behind the same oracle filter, right after a uniform run of its own (seconds compared).
-online-select train "$recipe" output_dir="$out/width64_side/uniform" selection.policy=uniform model.width=64 \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/width64_side/uniform" selection.policy=uniform model.width=64 \
     train.max_steps=4000 "${common[@]}"
-online-select train "$recipe" output_dir="$out/width64_side/oracle_scored" selection.policy=predicted_learnability \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/width64_side/oracle_scored" selection.policy=predicted_learnability \
     reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors" model.width=64 \
     train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/width64_side/uniform" "$out/width64_side/oracle_scored" | tee "$out/width64_side.md"
 
 # 12. Which of the label filter's errors costs the accuracy: the default scorer behind tables that keep the twin-halves
 #     reference's noise leak, its clean exclusions, both or neither (3 seeds for the two without the leak, one for all four).
-python3 benchmarks/filter_errors.py "$out/filter_errors" 3 --tables=clean_exclusions_only,oracle \
+python3 benchmarks/filter_errors.py "$out/filter_errors" 3 "${earlier[@]}" --tables=clean_exclusions_only,oracle \
     train.max_steps=4000 "${common[@]}" | tee "$out/filter_errors3.md"
-python3 benchmarks/filter_errors.py "$out/filter_errors" 1 train.max_steps=4000 "${common[@]}" | tee "$out/filter_errors.md"
+python3 benchmarks/filter_errors.py "$out/filter_errors" 1 "${earlier[@]}" train.max_steps=4000 "${common[@]}" | tee "$out/filter_errors.md"
 #     Rejecting after the first visit instead of the second (the levers + scorer.update_every=4; the third visit is in
 #     section 8), one seed, read against section 8's seed 0.
 levers=(selection.policy=predicted_learnability selection.label_floor=0.05 selection.reject_after=1 scorer.update_every=4)
-online-select train "$recipe" output_dir="$out/reject_visits/after1_refresh_x3" "${levers[@]}" \
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/reject_visits/after1_refresh_x3" "${levers[@]}" \
     reference.refresh_at=[0.25,0.5,0.75] train.max_steps=4000 "${common[@]}"
-online-select train "$recipe" output_dir="$out/reject_visits/after1_no_refresh" "${levers[@]}" train.max_steps=4000 "${common[@]}"
+online-select train "$recipe" "${earlier[@]}" output_dir="$out/reject_visits/after1_no_refresh" "${levers[@]}" train.max_steps=4000 "${common[@]}"
 python3 benchmarks/steps_to_best.py "$out/refresh/uniform/seed0" \
     "$out/refresh/floor_0.05_reject_after_2_visits_refresh_x3_scorer_update_every_4/seed0" \
     "$out/reject_visits/after1_refresh_x3" "$out/reject_visits/after1_no_refresh" | tee "$out/reject_visits/after1.md"
@@ -103,8 +106,8 @@ levers=(selection.policy=predicted_learnability selection.label_floor=0.05 selec
         reference.refresh_at=[0.25,0.5,0.75])
 parallel=(train.max_steps=4000 "${common[@]}" train.threads=1 train.progress=false)
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/levers/seed$seed" "${levers[@]}" "${parallel[@]}" &
-  online-select train "$recipe" seed=$seed output_dir="$out/rounds_e2e/rounds3/seed$seed" "${levers[@]}" "${parallel[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/rounds_e2e/levers/seed$seed" "${levers[@]}" "${parallel[@]}" &
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/rounds_e2e/rounds3/seed$seed" "${levers[@]}" "${parallel[@]}" \
       reference.kind=file reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_3_rounds.safetensors" &
 done
 wait
@@ -115,21 +118,22 @@ python3 benchmarks/steps_to_best.py --seeds=3 "$out/refresh/uniform/seed{seed}" 
 #     with uniform, the levers behind the recipe's reference and with less exploration (explore 0.05): 3 seeds, one
 #     run at a time (seconds compare too).
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/uniform/seed$seed" selection.policy=uniform \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/mix/uniform/seed$seed" selection.policy=uniform \
       train.max_steps=4000 "${common[@]}"
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/levers/seed$seed" "${levers[@]}" train.max_steps=4000 "${common[@]}"
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/two_architectures/seed$seed" "${levers[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/mix/levers/seed$seed" "${levers[@]}" train.max_steps=4000 "${common[@]}"
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/mix/two_architectures/seed$seed" "${levers[@]}" \
       train.max_steps=4000 "${common[@]}" reference.kind=file \
       reference.path="$out/reference_quality/seed$seed/mlp_twin_halves_cnn_twin_halves_probabilities_averaged.safetensors"
-  online-select train "$recipe" seed=$seed output_dir="$out/mix/levers_explore005/seed$seed" "${levers[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/mix/levers_explore005/seed$seed" "${levers[@]}" \
       train.max_steps=4000 "${common[@]}" selection.explore=0.05
 done
 python3 benchmarks/steps_to_best.py --seeds=3 "$out/mix/uniform/seed{seed}" "$out/mix/levers/seed{seed}" \
     "$out/mix/two_architectures/seed{seed}" "$out/mix/levers_explore005/seed{seed}" | tee "$out/two_architectures.md"
 
 # 15-17. Budgets: each run with its cosine schedule over its own budget (16 evals each), one run at a time.
-#     budget_runs FOLDER "SEEDS" "BUDGETS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe) and
-#     levers; the table reads "steps to uniform's best" against uniform's best budget (budgets.py).
+#     budget_runs FOLDER "SEEDS" "BUDGETS" "RUNS" [OVERRIDES...]: RUNS among uniform, default (the recipe, after
+#     the overrides in `base`), earlier (the default before section 21) and levers; the table reads "steps to
+#     uniform's best" against uniform's best budget (budgets.py).
 budget_runs() {
   local folder=$1 seeds=$2 budgets=$3 runs=$4 seed steps run policy
   shift 4
@@ -139,9 +143,10 @@ budget_runs() {
         case $run in
           uniform) policy=(selection.policy=uniform) ;;
           default) policy=() ;;
+          earlier) policy=("${earlier[@]}") ;;
           levers) policy=("${levers[@]}") ;;
         esac
-        online-select train "$recipe" seed=$seed output_dir="$out/$folder/${run}_$steps/seed$seed" "${policy[@]}" \
+        online-select train "$recipe" "${base[@]}" seed=$seed output_dir="$out/$folder/${run}_$steps/seed$seed" "${policy[@]}" \
             train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)) "$@"
       done
     done
@@ -150,6 +155,7 @@ budget_runs() {
   python3 benchmarks/budgets.py --seeds=$(wc -w <<< "$seeds") $(for steps in $budgets; do for run in $runs; do
     echo "$out/$folder/${run}_$steps/seed{seed}"; done; done) | tee "$out/$folder.md"
 }
+base=("${earlier[@]}")
 # 15. uniform, the default and the levers, 3 seeds.
 budget_runs budget "0 1 2" "1333 2000 4000" "uniform default levers"
 # 16. The CNN twice as wide (model.width=64): uniform and the levers, 3 seeds; then both at 8000 steps.
@@ -161,14 +167,14 @@ budget_runs budget_w64_long "0 1 2" "8000" "uniform levers" model.width=64
 #     seed 0.
 budget_runs budget_long "0 1 2" "8000 12000" "uniform default levers"
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/budget_long_probe/levers_t10.0_8000/seed$seed" "${levers[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/budget_long_probe/levers_t10.0_8000/seed$seed" "${levers[@]}" \
       selection.temperature=10.0 train.max_steps=8000 "${common[@]}" train.eval_every=500
 done
 oracle=(reference.kind=file reference.path="$out/noise_ceiling/oracle_table.safetensors")
-online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_filter_8000/seed0" selection.policy=reference_filter \
+online-select train "$recipe" "${earlier[@]}" seed=0 output_dir="$out/budget_long_oracle/oracle_filter_8000/seed0" selection.policy=reference_filter \
     "${oracle[@]}" train.max_steps=8000 "${common[@]}" train.eval_every=500
 for steps in 3000 4000 8000; do
-  online-select train "$recipe" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_$steps/seed0" "${oracle[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=0 output_dir="$out/budget_long_oracle/oracle_scored_$steps/seed0" "${oracle[@]}" \
       train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16))
 done
 
@@ -185,11 +191,11 @@ budget_runs budget_w64_refresh "0 1 2" "2500 3000" "uniform levers" model.width=
 budget_runs budget_w64_refresh_long "0 1 2" "8000" "uniform" model.width=64
 #     and the levers with one refresh instead of three (the later refresh_at overrides theirs), 3000 steps.
 for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/budget_w64_refresh/levers_once_3000/seed$seed" "${levers[@]}" \
+  online-select train "$recipe" "${earlier[@]}" seed=$seed output_dir="$out/budget_w64_refresh/levers_once_3000/seed$seed" "${levers[@]}" \
       'reference.refresh_at=[0.25]' train.max_steps=3000 "${common[@]}" train.eval_every=187 model.width=64
 done
 #     and the default behind the oracle label filter (section 17's oracle overrides: section 9's table), 3000 steps, seed 0.
-online-select train "$recipe" seed=0 output_dir="$out/budget_w64_oracle/oracle_scored_3000/seed0" "${oracle[@]}" \
+online-select train "$recipe" "${earlier[@]}" seed=0 output_dir="$out/budget_w64_oracle/oracle_scored_3000/seed0" "${oracle[@]}" \
     model.width=64 train.max_steps=3000 "${common[@]}" train.eval_every=187
 python3 benchmarks/steps_to_best.py "$out/budget_w64_long_uniform/uniform_6000/seed0" "$out/budget_w64_oracle/oracle_scored_3000/seed0" \
     "$out/budget_w64_refresh/levers_3000/seed0" | tee "$out/budget_w64_oracle.md"
@@ -205,3 +211,13 @@ python3 benchmarks/steps_to_best.py "$out/budget_w128/uniform_8000/seed0" "$out/
     | tee "$out/budget_w128_10000.md"
 python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
     | tee "$out/budget_w128.md"
+
+# 21. The recipe's default since this section: the label floor 0.05, rejection after 2 visits and a scorer update
+#     every 4 steps (the levers without the refreshes, which cost the clock on short budgets), against the earlier
+#     default and uniform over 1500 steps (the `make demo` budget), and against the earlier default over 3000 steps
+#     at width 128, read with section 20's uniform runs; 3 seeds, one run at a time.
+base=()
+budget_runs default_stop20 "0 1 2" "1500" "uniform earlier default"
+budget_runs default_stop20_w128 "0 1 2" "3000" "earlier default" model.width=128
+python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
+    "$out"/default_stop20_w128/{earlier,default}_3000/'seed{seed}' | tee "$out/default_stop20_w128.md"

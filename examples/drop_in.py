@@ -32,7 +32,8 @@ reference, _ = twin_halves_reference(
 
 model = small_cnn()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-selector = OnlineSelector("predicted_learnability", keep=64, scorer=Scorer(), reference=reference, label_floor=0.1)
+selector = OnlineSelector("predicted_learnability", keep=64, scorer=Scorer(update_every=4), reference=reference,
+                          label_floor=0.05, reject_after=2)
 
 for step in range(1, 601):
     rows = torch.randint(0, len(y), (640,))
