@@ -343,7 +343,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
-    refresh_steps = _refresh_steps(config, task, selector)
+    refresh_steps = _refresh_steps(config, task, selector, k * accelerator.num_processes)
+    if config.reference.refresh_at == "auto" and accelerator.is_main_process:
+        chosen = f"one refresh, at step {min(refresh_steps)}" if refresh_steps else (
+            f"no refresh (it pays on runs of {AUTO_REFRESH_EPOCHS:g}+ epochs with a policy that keeps a loss memory)")
+        print(f"reference.refresh_at=auto: {chosen}", file=sys.stderr)
     refresh_batch_size = config.reference.refresh_batch_size or k
     temperature_at = _temperature_schedule(config)
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
@@ -529,9 +533,21 @@ def _temperature_schedule(config: Config) -> Callable[[int], float] | None:
     return temperature_at
 
 
-def _refresh_steps(config: Config, task: Task, selector: OnlineSelector) -> set[int]:
+# reference.refresh_at=auto refreshes once, at this fraction of the run, if the run trains on at least
+# AUTO_REFRESH_EPOCHS times the training set: measured on noisy Fashion-MNIST (README, Results), one
+# refresh at 0.25 adds 0.2 point at 4000 steps (4.3 epochs) at the same wall-clock, and costs 20% of the
+# clock for no accuracy at 1500 steps (1.6 epochs).
+AUTO_REFRESH_AT = 0.25
+AUTO_REFRESH_EPOCHS = 3.0
+
+
+def _refresh_steps(config: Config, task: Task, selector: OnlineSelector, samples_per_step: int) -> set[int]:
     """The steps at which the large model re-judges the labels it has not trained on (reference.refresh_at)."""
     fractions = config.reference.refresh_at
+    if fractions == "auto":
+        fractions = _auto_refresh(config, task, selector, samples_per_step)
+    elif isinstance(fractions, str):
+        raise ValueError(f"reference.refresh_at must be auto or a list of fractions of train.max_steps, got {fractions!r}")
     if not fractions or selector.reference is None:  # a policy without a reference has nothing to refresh
         return set()
     if config.reference.refresh_batch_size < 0:
@@ -546,6 +562,19 @@ def _refresh_steps(config: Config, task: Task, selector: OnlineSelector) -> set[
             "policy with a scorer that keeps the loss memory (e.g. predicted_learnability, scorer.use_memory=true)"
         )
     return {max(1, round(f * config.train.max_steps)) for f in fractions}
+
+
+def _auto_refresh(config: Config, task: Task, selector: OnlineSelector, samples_per_step: int) -> list[float]:
+    """reference.refresh_at=auto: one refresh on long runs, where the policy and task support it; none otherwise."""
+    supported = (
+        task.train_ids is not None
+        and isinstance(selector.reference, ReferenceTable)
+        and selector.scorer is not None
+        and selector.scorer.use_memory
+    )
+    if not supported or config.train.max_steps * samples_per_step < AUTO_REFRESH_EPOCHS * len(task.train_ids):
+        return []
+    return [AUTO_REFRESH_AT]
 
 
 def _peak_rss_mb() -> float:

@@ -163,6 +163,24 @@ def test_reference_refresh_runs_at_the_given_fractions(tiny_idx_folder, tmp_path
                                            "selection.policy=reference_filter")])
 
 
+def test_auto_reference_refresh_runs_once_on_long_runs_only(tiny_idx_folder, tmp_path):
+    def refresh_steps(out, *extra):
+        args = _small(tiny_idx_folder, out, "train.max_steps=20", "reference.refresh_at=auto", "train.checkpoint_every=0", *extra)
+        assert main(["train", str(RECIPE), *args]) == 0
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [line["step"] for line in lines if "reference/refreshed" in line]
+
+    # 20 steps of 16 picks: a quarter of an epoch of the 1200 generated samples, too short to pay for a refresh.
+    assert refresh_steps(tmp_path / "short") == []
+    # 20 steps of 192 picks: 3.2 epochs, so one refresh at a quarter of the run.
+    long_run = ("selection.candidate_batch_size=256", "selection.keep=192")
+    assert refresh_steps(tmp_path / "long", *long_run) == [5]
+    # Policies that cannot refresh (no loss memory) just run without one.
+    assert refresh_steps(tmp_path / "uniform", *long_run, "selection.policy=uniform") == []
+    with pytest.raises(ValueError, match="refresh_at must be auto or a list"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.refresh_at=often")])
+
+
 def test_reject_after_applies_to_scorer_policies_only(tiny_idx_folder, tmp_path):
     # The recipe rejects after 2 visits; uniform and reference_filter keep no loss memory, so it does not apply.
     for policy in ("uniform", "reference_filter"):
