@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST figure in the README's Results section, in one go (about 1050 minutes on 2 CPU cores).
+# Every Fashion-MNIST figure in the README's Results section, in one go (about 1100 minutes on 2 CPU cores).
 # Usage: bash benchmarks/fashion_mnist.sh [OUT]      (needs /usr/share/datasets/fashion-mnist and data/mnist)
 set -euo pipefail
 out="${1:-runs/results}"
 recipe=recipes/fashion_mnist_noisy.yaml
 common=(train.schedule=cosine train.eval_every=250 train.checkpoint_every=0 logging.trackers=[] train.threads=2)
 # Sections 1-20 ran before the recipe's default got the label floor 0.05, rejection after 2 visits and a scorer
-# update every 4 steps (section 21). They pass the earlier default first, so every override after it still wins.
-earlier=(selection.label_floor=auto selection.reject_after=0 scorer.update_every=1)
+# update every 4 steps (section 21), and sections 1-22 before it got one refresh on long runs (refresh_at: auto,
+# section 23). They pass the default they ran with first, so every override after it still wins.
+no_refresh=(reference.refresh_at=[])
+earlier=(selection.label_floor=auto selection.reject_after=0 scorer.update_every=1 "${no_refresh[@]}")
 export WANDB_MODE=offline
 
 # 1. The main table: 3 seeds, 4000 steps (4.7 epochs of uniform's k=64 samples), 30% symmetric label noise.
@@ -216,8 +218,42 @@ python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform
 #     every 4 steps (the levers without the refreshes, which cost the clock on short budgets), against the earlier
 #     default and uniform over 1500 steps (the `make demo` budget), and against the earlier default over 3000 steps
 #     at width 128, read with section 20's uniform runs; 3 seeds, one run at a time.
-base=()
+base=("${no_refresh[@]}")
 budget_runs default_stop20 "0 1 2" "1500" "uniform earlier default"
 budget_runs default_stop20_w128 "0 1 2" "3000" "earlier default" model.width=128
 python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
     "$out"/default_stop20_w128/{earlier,default}_3000/'seed{seed}' | tee "$out/default_stop20_w128.md"
+
+# 22. The default of section 21 where it had not run: width 64 over 3000 steps (read against section 16-19's uniform
+#     and levers runs) and width 32 over 4000 and 8000 steps (read against section 15 and 17's), 3 seeds.
+base=("${no_refresh[@]}")
+budget_runs default_stop21_w64 "0 1 2" "3000" "default" model.width=64
+budget_runs default_stop21_long "0 1 2" "4000 8000" "default"
+python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w64_long_uniform/uniform_6000/'seed{seed}' \
+    "$out"/budget_w64_refresh/{uniform,levers,levers_once}_3000/'seed{seed}' "$out"/default_stop21_w64/default_3000/'seed{seed}' \
+    | tee "$out/default_stop21_w64.md"
+python3 benchmarks/budgets.py --seeds=3 "$out"/budget_long/uniform_8000/'seed{seed}' "$out"/budget/{uniform,levers}_4000/'seed{seed}' \
+    "$out"/default_stop21_long/default_{4000,8000}/'seed{seed}' "$out"/budget_long/levers_8000/'seed{seed}' \
+    | tee "$out/default_stop21_long.md"
+
+# 23. One refresh on long runs (the recipe's refresh_at: auto since this section): uniform, section 21's default
+#     (no refresh) and one refresh at 0.25 or 0.5 of the run, over 1500 and 4000 steps (1.6 and 4.3 epochs of the
+#     trained samples), 3 seeds, one run at a time.
+for seed in 0 1 2; do
+  for steps in 1500 4000; do
+    for run in uniform default once25 once50; do
+      case $run in
+        uniform) extra=(selection.policy=uniform) ;;
+        default) extra=("${no_refresh[@]}") ;;
+        once25) extra=('reference.refresh_at=[0.25]') ;;
+        once50) extra=('reference.refresh_at=[0.5]') ;;
+      esac
+      online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w32/${run}_$steps/seed$seed" "${extra[@]}" \
+          train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16))
+    done
+  done
+done
+for steps in 1500 4000; do
+  python3 benchmarks/budgets.py --seeds=3 "$out"/refresh_once/w32/{uniform,default,once25,once50}_$steps/'seed{seed}' \
+      | tee "$out/refresh_once_$steps.md"
+done
