@@ -257,3 +257,12 @@ for steps in 1500 4000; do
   python3 benchmarks/budgets.py --seeds=3 "$out"/refresh_once/w32/{uniform,default,once25,once50}_$steps/'seed{seed}' \
       | tee "$out/refresh_once_$steps.md"
 done
+#     The default with refresh_at: auto (one refresh: 3000 steps are 3.2 epochs) with the CNN four times as wide,
+#     3 seeds, read against section 20-21's runs.
+for seed in 0 1 2; do
+  online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w128/auto_3000/seed$seed" train.max_steps=3000 \
+      "${common[@]}" train.eval_every=187 model.width=128
+done
+python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
+    "$out"/default_stop20_w128/default_3000/'seed{seed}' "$out"/refresh_once/w128/auto_3000/'seed{seed}' \
+    | tee "$out/refresh_once_w128.md"
