@@ -92,7 +92,7 @@ class ReferenceConfig:
     # Fractions of train.max_steps at which the large model re-judges the labels of the samples it has
     # not trained on yet: its loss replaces the reference loss there (OnlineSelector.refresh_reference).
     # auto: once, at 0.25, when the run trains on at least 3 epochs' worth of samples (max_steps * k);
-    # a refresh's forward costs about as much whatever the budget, so it pays only on long runs.
+    # a refresh's forward covers the samples not yet trained on, the more of them the shorter the run.
     refresh_at: str | list = field(default_factory=list)
     # Samples per large-model forward in a refresh; 0: selection.keep's count k, the batch the large model
     # trains at (on a CPU, small batches run faster per sample: benchmarks/refresh_cost.py).
