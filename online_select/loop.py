@@ -554,25 +554,27 @@ def _refresh_steps(config: Config, task: Task, selector: OnlineSelector, samples
         raise ValueError(f"reference.refresh_batch_size must be >= 0 (0: selection.keep), got {config.reference.refresh_batch_size}")
     if any(not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions):
         raise ValueError(f"reference.refresh_at must list fractions of train.max_steps in (0, 1), got {fractions}")
-    if task.train_ids is None:
-        raise ValueError(f"reference.refresh_at needs a task that loads training samples by id; {type(task).__name__} does not")
-    if not isinstance(selector.reference, ReferenceTable) or selector.scorer is None or not selector.scorer.use_memory:
-        raise ValueError(
-            "reference.refresh_at needs a reference table (reference.kind twin_halves, holdout or file) and a "
-            "policy with a scorer that keeps the loss memory (e.g. predicted_learnability, scorer.use_memory=true)"
-        )
+    missing = _refresh_needs(task, selector)
+    if missing:
+        raise ValueError(f"reference.refresh_at needs {missing}")
     return {max(1, round(f * config.train.max_steps)) for f in fractions}
+
+
+def _refresh_needs(task: Task, selector: OnlineSelector) -> str | None:
+    """What this run lacks to refresh the reference (None: nothing)."""
+    if task.train_ids is None:
+        return f"a task that loads training samples by id; {type(task).__name__} does not"
+    if not isinstance(selector.reference, ReferenceTable) or selector.scorer is None or not selector.scorer.use_memory:
+        return (
+            "a reference table (reference.kind twin_halves, holdout or file) and a policy with a scorer that keeps "
+            "the loss memory (e.g. predicted_learnability, scorer.use_memory=true)"
+        )
+    return None
 
 
 def _auto_refresh(config: Config, task: Task, selector: OnlineSelector, samples_per_step: int) -> list[float]:
     """reference.refresh_at=auto: one refresh on long runs, where the policy and task support it; none otherwise."""
-    supported = (
-        task.train_ids is not None
-        and isinstance(selector.reference, ReferenceTable)
-        and selector.scorer is not None
-        and selector.scorer.use_memory
-    )
-    if not supported or config.train.max_steps * samples_per_step < AUTO_REFRESH_EPOCHS * len(task.train_ids):
+    if _refresh_needs(task, selector) or config.train.max_steps * samples_per_step < AUTO_REFRESH_EPOCHS * len(task.train_ids):
         return []
     return [AUTO_REFRESH_AT]
 
