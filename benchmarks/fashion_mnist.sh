@@ -147,6 +147,9 @@ budget_runs() {
           default) policy=() ;;
           earlier) policy=("${earlier[@]}") ;;
           levers) policy=("${levers[@]}") ;;
+          once25) policy=('reference.refresh_at=[0.25]') ;;
+          once50) policy=('reference.refresh_at=[0.5]') ;;
+          auto) policy=(reference.refresh_at=auto) ;;
         esac
         online-select train "$recipe" "${base[@]}" seed=$seed output_dir="$out/$folder/${run}_$steps/seed$seed" "${policy[@]}" \
             train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16)) "$@"
@@ -239,48 +242,21 @@ python3 benchmarks/budgets.py --seeds=3 "$out"/budget_long/uniform_8000/'seed{se
 # 23. One refresh on long runs (the recipe's refresh_at: auto since this section): uniform, section 21's default
 #     (no refresh) and one refresh at 0.25 or 0.5 of the run, over 1500 and 4000 steps (1.6 and 4.3 epochs of the
 #     trained samples), 3 seeds, one run at a time.
-for seed in 0 1 2; do
-  for steps in 1500 4000; do
-    for run in uniform default once25 once50; do
-      case $run in
-        uniform) extra=(selection.policy=uniform) ;;
-        default) extra=("${no_refresh[@]}") ;;
-        once25) extra=('reference.refresh_at=[0.25]') ;;
-        once50) extra=('reference.refresh_at=[0.5]') ;;
-      esac
-      online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w32/${run}_$steps/seed$seed" "${extra[@]}" \
-          train.max_steps=$steps "${common[@]}" train.eval_every=$((steps / 16))
-    done
-  done
-done
+budget_runs refresh_once/w32 "0 1 2" "1500 4000" "uniform default once25 once50"
 for steps in 1500 4000; do
   python3 benchmarks/budgets.py --seeds=3 "$out"/refresh_once/w32/{uniform,default,once25,once50}_$steps/'seed{seed}' \
       | tee "$out/refresh_once_$steps.md"
 done
 #     At the recipe's own budget (3000 steps, 3.2 epochs: the threshold's edge), uniform, section 21's default and
 #     the default as it is now (auto: one refresh at step 750); and the latter over 8000 steps (uniform's plateau).
-for seed in 0 1 2; do
-  for run in uniform default auto; do
-    case $run in
-      uniform) extra=(selection.policy=uniform) ;;
-      default) extra=("${no_refresh[@]}") ;;
-      auto) extra=() ;;
-    esac
-    online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w32/${run}_3000/seed$seed" "${extra[@]}" \
-        train.max_steps=3000 "${common[@]}" train.eval_every=187
-  done
-  online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w32/auto_8000/seed$seed" train.max_steps=8000 \
-      "${common[@]}" train.eval_every=500
-done
+budget_runs refresh_once/w32 "0 1 2" "3000" "uniform default auto"
+budget_runs refresh_once/w32 "0 1 2" "8000" "auto"
 python3 benchmarks/budgets.py --seeds=3 "$out"/refresh_once/w32/{uniform,default,auto}_3000/'seed{seed}' | tee "$out/refresh_once_3000.md"
 python3 benchmarks/budgets.py --seeds=3 "$out"/budget_long/uniform_8000/'seed{seed}' "$out"/default_stop21_long/default_8000/'seed{seed}' \
     "$out"/refresh_once/w32/auto_8000/'seed{seed}' "$out"/budget_long/levers_8000/'seed{seed}' | tee "$out/refresh_once_8000.md"
 #     The default with refresh_at: auto (one refresh: 3000 steps are 3.2 epochs) with the CNN four times as wide,
 #     3 seeds, read against section 20-21's runs.
-for seed in 0 1 2; do
-  online-select train "$recipe" seed=$seed output_dir="$out/refresh_once/w128/auto_3000/seed$seed" train.max_steps=3000 \
-      "${common[@]}" train.eval_every=187 model.width=128
-done
+budget_runs refresh_once/w128 "0 1 2" "3000" "auto" model.width=128
 python3 benchmarks/budgets.py --seeds=3 "$out"/budget_w128/{uniform_6000,uniform_8000,levers_3000}/'seed{seed}' \
     "$out"/default_stop20_w128/default_3000/'seed{seed}' "$out"/refresh_once/w128/auto_3000/'seed{seed}' \
     | tee "$out/refresh_once_w128.md"
