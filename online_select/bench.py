@@ -7,6 +7,10 @@ mean ± standard deviation over seeds. The metric and its direction come from th
 models) or from ``--metric/--mode``. With ``smooth=n`` every curve is first replaced by its trailing
 rolling mean over n evals, so one lucky evaluation does not set (or meet) the target. ``targets``
 adds a table of steps and seconds to fixed metric values (e.g. 85%, 87%, 89% accuracy).
+
+With ``budgets`` each policy also runs over budgets of its own (``train.max_steps``, each with its own LR
+schedule): the target is then uniform's best *budget* (past some budget uniform memorises flipped labels, so
+its longest run need not be its best), and the table says how short a run of each policy reaches it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ __all__ = [
     "targets_table",
     "time_split_table",
     "plot_runs",
+    "budget_table",
+    "best_budget",
+    "parse_budgets",
 ]
 
 METRIC = "eval/accuracy"
@@ -217,10 +224,10 @@ def time_split_table(runs: dict[str, list[RunSummary]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def targets_table(runs: dict[str, list[RunSummary]], targets: list[float]) -> str:
-    """Steps and seconds to fixed metric values, with the speed-up over uniform (same seeds)."""
-    uniform = {r.seed: r for r in runs["uniform"]}
-    comparison = runs["uniform"][0].comparison
+def targets_table(runs: dict[str, list[RunSummary]], targets: list[float], baseline: str = "uniform") -> str:
+    """Steps and seconds to fixed metric values, with the speed-up over the ``baseline`` runs (same seeds)."""
+    uniform = {r.seed: r for r in runs[baseline]}
+    comparison = runs[baseline][0].comparison
     digits, scale = comparison.digits_scale
     header = "| policy | " + " | ".join(
         f"{comparison.label.replace(' %', '')} {target * scale:.{max(digits - 2, 0)}f}: steps (speed-up) / seconds (speed-up)"
@@ -234,6 +241,71 @@ def targets_table(runs: dict[str, list[RunSummary]], targets: list[float]) -> st
             cells.append(f"{_fmt(list(steps))} ({_ratio(list(step_ratio))}) / {_fmt(list(secs), 1)} ({_ratio(list(time_ratio))})")
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def parse_budgets(specs: list[str], policies: list[str]) -> dict[str, list[int]]:
+    """``["uniform=4000,8000", "predicted_learnability=3000"]`` -> ``{policy: [steps, ...]}`` (sorted)."""
+    budgets: dict[str, list[int]] = {}
+    for spec in specs:
+        policy, sep, steps = (part.strip() for part in spec.partition("="))
+        if not sep or not policy or not steps:
+            raise ValueError(f"a budget is POLICY=STEPS[,STEPS...], got {spec!r}")
+        if policy not in policies:
+            raise ValueError(f"budget {spec!r} names policy {policy!r}, which is not among the policies run ({', '.join(policies)})")
+        if policy in budgets:
+            raise ValueError(f"policy {policy!r} has two budget lists; give them in one: {policy}=A,B")
+        try:
+            values = [int(value) for value in steps.split(",")]
+        except ValueError:
+            raise ValueError(f"budget {spec!r}: budgets are whole numbers of steps") from None
+        if min(values) < 1 or len(set(values)) < len(values):
+            raise ValueError(f"budget {spec!r}: budgets must be distinct positive step counts")
+        budgets[policy] = sorted(values)
+    return budgets
+
+
+def best_budget(runs: dict[str, list[RunSummary]]) -> str:
+    """The label of uniform's best budget: the uniform runs with the best metric, mean over seeds."""
+    uniform = [label for label, summaries in runs.items() if summaries[0].policy == "uniform"]
+    if not uniform:
+        raise ValueError("budgets: the runs need uniform at one budget at least, the baseline")
+    sign = 1.0 if runs[uniform[0]][0].comparison.mode == "max" else -1.0
+    return max(uniform, key=lambda label: sign * statistics.fmean(r.best for r in runs[label]))
+
+
+def budget_table(runs: dict[str, list[RunSummary]], budgets: dict[str, int]) -> str:
+    """Every run (a policy over its own budget) against uniform's best budget, seed by seed: its best and
+    final metric, its lead over uniform of the same budget, and the steps and training seconds it takes to
+    reach the best of uniform's best budget, with the speed-ups over that uniform run's own."""
+    target = best_budget(runs)
+    base = {r.seed: r for r in runs[target]}
+    uniform_at = {budgets[label]: rs for label, rs in runs.items() if rs[0].policy == "uniform"}
+    comparison = runs[target][0].comparison
+    digits, scale = comparison.digits_scale
+    name = comparison.label
+    header = (
+        f"| run | policy | budget (steps) | best {name} | at step | final {name} | vs uniform, same budget | "
+        f"training seconds | steps to uniform's best (its {budgets[target]}-step run) | speed-up (steps) | "
+        "seconds to it | speed-up (time) | overhead % of large step | noisy share selected (base) |"
+    )
+    rows = [header, "|" + "---|" * 14]
+    for label, summaries in runs.items():
+        steps, secs, step_ratio, time_ratio = zip(
+            *(_speedups(run, base[run.seed], base[run.seed].best) for run in summaries)
+        )
+        same = {r.seed: r for r in uniform_at.get(budgets[label], [])}
+        lead = "–"
+        if same and summaries[0].policy != "uniform":
+            lead = _fmt([r.best - same[r.seed].best for r in summaries], digits, scale)
+        rows.append(
+            f"| {label} | {summaries[0].policy} | {budgets[label]} | {_fmt([r.best for r in summaries], digits, scale)} | "
+            f"{_fmt([r.best_step for r in summaries])} | {_fmt([r.final for r in summaries], digits, scale)} | {lead} | "
+            f"{_fmt([r.curve[-1]['wall_s'] for r in summaries], 1)} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | "
+            f"{_fmt(list(secs), 1)} | {_ratio(list(time_ratio))} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
+            f"{_fmt([r.noisy_share for r in summaries], 1, 100, '–')} "
+            f"({_fmt([r.base_noisy_share for r in summaries], 1, 100, '–')}) |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = "") -> None:
@@ -293,6 +365,8 @@ def _run_one(
     overrides: dict[str, Any],
     comparison: Comparison,
     reuse: bool = False,
+    max_steps: int | None = None,
+    evals_per_run: int | None = None,
 ) -> RunSummary:
     from .loop import train
 
@@ -302,6 +376,10 @@ def _run_one(
     cfg.output_dir = str(out)
     cfg.train.resume = ""
     cfg.train.progress = False
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    if evals_per_run:
+        cfg.train.eval_every = max(1, cfg.train.max_steps // evals_per_run)
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
     if reuse and _finished(cfg, out, comparison.metric):
@@ -334,38 +412,68 @@ def run_bench(
     mode: str | None = None,
     targets: list[float] | None = None,
     reuse: bool = False,
+    budgets: dict[str, list[int]] | None = None,
+    evals_per_run: int | None = None,
 ) -> dict[str, list[RunSummary]]:
     """Run every policy for every seed (in that order, seeds outermost), then write the reports. With
     ``reuse``, a run whose folder already holds a finished run of the same resolved config is read back,
-    not run again (an interrupted bench continues; tables can be rewritten)."""
+    not run again (an interrupted bench continues; tables can be rewritten).
+
+    ``budgets`` maps a policy to the ``train.max_steps`` it runs over, each run with its own schedule
+    (policies not named run over the recipe's); the runs are then named ``POLICY_STEPS`` and compared with
+    uniform's best budget (:func:`budget_table`). ``evals_per_run`` sets ``train.eval_every`` to
+    ``max_steps // evals_per_run`` in every run, so runs of different budgets are read at the same
+    resolution of their schedules.
+    """
     comparison = comparison_for(config, metric, mode, smooth)
     if "uniform" not in policies:
         raise ValueError("bench needs the uniform policy as the baseline: add it to --policies")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if evals_per_run is not None and evals_per_run < 1:
+        raise ValueError(f"--evals-per-run must be at least 1, got {evals_per_run}")
+    if budgets and sweep_ratios:
+        raise ValueError("--budget and --sweep cannot be combined: run the sweep at one budget")
+    unknown = sorted(set(budgets or {}) - set(policies))
+    if unknown:
+        raise ValueError(f"budgets given for {', '.join(unknown)}, not among the policies run ({', '.join(policies)})")
+    steps_of = {p: (budgets or {}).get(p, [config.train.max_steps]) for p in policies}
+    label_of = (lambda p, steps: f"{p}_{steps}") if budgets else (lambda p, steps: p)
     out = Path(out_dir) if out_dir else Path(config.output_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[RunSummary]] = {p: [] for p in policies}
+    runs: dict[str, list[RunSummary]] = {label_of(p, steps): [] for p in policies for steps in steps_of[p]}
+    budget_of = {label_of(p, steps): steps for p in policies for steps in steps_of[p]}
     for seed in range(seeds):
         for policy in policies:
-            if is_main_process():
-                print(f"bench: {policy} seed {seed}", flush=True)
-            runs[policy].append(_run_one(config, policy, seed, out / policy / f"seed{seed}", {}, comparison, reuse))
+            for steps in steps_of[policy]:
+                label = label_of(policy, steps)
+                if is_main_process():
+                    print(f"bench: {label} seed {seed}", flush=True)
+                runs[label].append(
+                    _run_one(config, policy, seed, out / label / f"seed{seed}", {}, comparison, reuse, steps, evals_per_run)
+                )
     sel = config.selection
     noise = f", label_noise={config.data.label_noise}" if comparison.metric == METRIC else ""
+    if budgets:
+        steps_text = "budgets " + "; ".join(f"{p} {', '.join(map(str, steps_of[p]))}" for p in policies)
+        steps_text += " steps (each run its own schedule)"
+    else:
+        steps_text = f"max_steps={config.train.max_steps}"
+    evals = f", {evals_per_run} evals per run" if evals_per_run else ""
     heading = (
         f"Recipe task={config.task}{noise}, B={sel.candidate_batch_size}, k={sel.keep}, "
-        f"max_steps={config.train.max_steps}, schedule={config.train.schedule}, seeds={seeds}; "
+        f"{steps_text}{evals}, schedule={config.train.schedule}, seeds={seeds}; "
         f"{comparison.metric} ({'higher' if comparison.mode == 'max' else 'lower'} is better), "
         f"smoothed over {comparison.smooth} eval(s)\n\n"
     )
-    report = heading + bench_table(runs)
+    baseline = best_budget(runs) if budgets else "uniform"
+    report = heading + (budget_table(runs, budget_of) if budgets else bench_table(runs))
     report += "\nPer-step time split (mean over evals and seeds):\n\n" + time_split_table(runs)
     if targets:
-        report += "\nSteps and seconds to fixed targets (mean ± std over seeds; speed-up vs uniform):\n\n"
-        report += targets_table(runs, targets)
+        report += "\nSteps and seconds to fixed targets (mean ± std over seeds; speed-up vs " + baseline + "):\n\n"
+        report += targets_table(runs, targets, baseline)
     if sweep_ratios:
-        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, comparison, reuse)
+        report += "\n" + _sweep(config, policies, seeds, sweep_ratios, runs, out, comparison, reuse, evals_per_run)
     if not is_main_process():  # under accelerate launch / torchrun every process ran; one reports
         return runs
     (out / "bench.md").write_text(report)
@@ -387,6 +495,7 @@ def _sweep(
     out: Path,
     comparison: Comparison,
     reuse: bool = False,
+    evals_per_run: int | None = None,
 ) -> str:
     """B/k sweep of each non-uniform policy: k fixed, candidate batch B = ratio * k."""
     from .loop import resolve_keep_count
@@ -411,6 +520,7 @@ def _sweep(
                     {"candidate_batch_size": ratio * k, "keep": k},
                     comparison,
                     reuse,
+                    evals_per_run=evals_per_run,
                 )
                 for seed in range(seeds)
             ]

@@ -24,9 +24,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import parse_budgets, run_bench
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    try:
+        budgets = parse_budgets(args.budget, policies)
+    except ValueError as exc:
+        print(f"online-select bench: {exc}", file=sys.stderr)
+        return 2
     config = load_config(args.recipe, args.overrides)
     run_bench(
         config,
@@ -39,6 +44,8 @@ def _bench(args: argparse.Namespace) -> int:
         mode=args.mode,
         targets=[float(t) for t in args.targets.split(",")] if args.targets else None,
         reuse=args.reuse,
+        budgets=budgets or None,
+        evals_per_run=args.evals_per_run,
     )
     return 0
 
@@ -100,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--reuse", action="store_true",
         help="read back runs already finished in --out with the same config instead of running them again",
+    )
+    bench.add_argument(
+        "--budget", action="append", default=[], metavar="POLICY=STEPS[,STEPS...]",
+        help="run POLICY over these train.max_steps, each with its own schedule (repeat per policy); the table then "
+        "reads every run against uniform's best budget, e.g. --budget uniform=4000,8000 --budget predicted_learnability=3000",
+    )
+    bench.add_argument(
+        "--evals-per-run", type=int, default=None, metavar="N",
+        help="evaluate every max_steps // N steps in every run (default: the recipe's train.eval_every)",
     )
     bench.set_defaults(func=_bench)
 

@@ -114,6 +114,66 @@ def test_targets_table_and_missing_speedups():
     assert "| mixed | 10 (1/2 reached) (3.00x) / 1.0 (1/2 reached) (3.00x) |" in targets_table(two, [0.8])
 
 
+def test_bench_budgets_run_each_policy_over_its_own_steps(tiny_idx_folder, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", str(RECIPE), "--policies", "uniform,predicted_learnability", "--out", str(out),
+            "--budget", "uniform=20,30", "--budget", "predicted_learnability=10", "--evals-per-run", "2"]
+    assert main(args + _small(tiny_idx_folder, tmp_path / "runs")) == 0
+    for label, steps in (("uniform_20", [0, 10, 20]), ("uniform_30", [0, 15, 30]), ("predicted_learnability_10", [0, 5, 10])):
+        lines = (out / label / "seed0" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines if "eval/accuracy" in line] == steps
+        assert yaml.safe_load((out / label / "seed0" / "config.yaml").read_text())["train"]["max_steps"] == steps[-1]
+    table = (out / "bench.md").read_text()
+    assert "budgets uniform 20, 30; predicted_learnability 10 steps" in table
+    assert "| uniform_30 | uniform | 30 |" in table and "| predicted_learnability_10 | predicted_learnability | 10 |" in table
+    assert "-step run) |" in table and (out / "bench.png").exists()
+
+
+def test_budget_table_reads_every_run_against_uniforms_best_budget():
+    from online_select.bench import best_budget, budget_table, summarise_run
+
+    def curve(values):
+        return [{"step": 10 * i, "wall_s": 2.0 * i, "eval/accuracy": v} for i, v in enumerate(values)]
+
+    runs = {  # uniform's longer run memorises: its shorter budget is its best
+        "uniform_30": [summarise_run("uniform", 0, curve([0.1, 0.6, 0.7, 0.8]))],
+        "uniform_40": [summarise_run("uniform", 0, curve([0.1, 0.5, 0.7, 0.75, 0.7]))],
+        "picky_30": [summarise_run("picky", 0, curve([0.1, 0.8, 0.85, 0.9]))],
+        "picky_10": [summarise_run("picky", 0, curve([0.1, 0.6]))],
+    }
+    budgets = {"uniform_30": 30, "uniform_40": 40, "picky_30": 30, "picky_10": 10}
+    assert best_budget(runs) == "uniform_30"
+    table = budget_table(runs, budgets)
+    assert "steps to uniform's best (its 30-step run)" in table
+    assert "| picky_30 | picky | 30 | 90.00 | 30 | 90.00 | 10.00 | 6.0 | 10 | 3.00x | 2.0 | 3.00x |" in table
+    assert "| picky_10 | picky | 10 | 60.00 | 10 | 60.00 | – | 2.0 | never | – | never | – |" in table
+    assert "| uniform_40 | uniform | 40 | 75.00 | 30 | 70.00 | – |" in table
+    with pytest.raises(ValueError, match="need uniform at one budget"):
+        best_budget({"picky_30": runs["picky_30"]})
+
+
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        (["uniform"], "POLICY=STEPS"),
+        (["uniform=1000", "uniform=2000"], "two budget lists"),
+        (["large_loss=100"], "not among the policies run"),
+        (["uniform=1e3"], "whole numbers"),
+        (["uniform=100,100"], "distinct positive"),
+        (["uniform=0"], "distinct positive"),
+    ],
+)
+def test_bad_budgets_are_named(specs, message, capsys):
+    from online_select.bench import parse_budgets
+
+    with pytest.raises(ValueError, match=message):
+        parse_budgets(specs, ["uniform", "predicted_learnability"])
+    assert parse_budgets(["uniform=8000,4000", " predicted_learnability = 3000"], ["uniform", "predicted_learnability"]) == {
+        "uniform": [4000, 8000], "predicted_learnability": [3000]}
+    assert main(["bench", str(RECIPE), *[arg for spec in specs for arg in ("--budget", spec)]]) == 2
+    assert "online-select bench:" in capsys.readouterr().err
+
+
 def test_bench_requires_uniform(tiny_idx_folder, tmp_path):
     with pytest.raises(ValueError, match="needs the uniform policy"):
         main(["bench", str(RECIPE), "--policies", "predicted_loss"] + _small(tiny_idx_folder, tmp_path))
