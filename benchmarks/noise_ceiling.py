@@ -19,20 +19,12 @@ from pathlib import Path
 
 import torch
 from levers import RECIPE, run_variant
+from oracle_table import oracle_table
 
 from online_select import ReferenceTable
 from online_select.bench import Comparison, read_metrics, summarise_run
 from online_select.config import load_config
 from online_select.tasks import build_task
-
-
-def oracle_table(overrides: list[str], path: Path) -> Path:
-    """A reference table from the true noise flags: a flipped label gets p = exp(-10), a clean one p ~ 1."""
-    task = build_task(load_config(RECIPE, overrides))
-    losses = torch.where(task.is_noisy, torch.tensor(10.0), torch.tensor(0.01))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ReferenceTable(losses).save(path)
-    return path
 
 
 def filter_errors(folder: Path, overrides: list[str]) -> tuple[float, float]:
@@ -52,7 +44,7 @@ def kept_errors(kept: torch.Tensor, noisy: torch.Tensor) -> tuple[float, float]:
 
 
 def main(out: str, overrides: list[str]) -> None:
-    oracle = oracle_table(overrides, Path(out) / "oracle_table.safetensors")
+    oracle = oracle_table(RECIPE, overrides, Path(out) / "oracle_table.safetensors")
     variants = {
         "uniform, clean labels": ["selection.policy=uniform", "data.label_noise=0"],
         "reference_filter, clean labels": ["selection.policy=reference_filter", "data.label_noise=0"],
