@@ -286,9 +286,9 @@ def budget_table(runs: dict[str, list[RunSummary]], budgets: dict[str, int]) -> 
     header = (
         f"| run | policy | budget (steps) | best {name} | at step | final {name} | vs uniform, same budget | "
         f"training seconds | steps to uniform's best (its {budgets[target]}-step run) | speed-up (steps) | "
-        "seconds to it | speed-up (time) | overhead % of large step | noisy share selected (base) |"
+        "seconds to it | speed-up (time) | overhead % of large step | noisy share selected (base) | Spearman (explore) |"
     )
-    rows = [header, "|" + "---|" * 14]
+    rows = [header, "|" + "---|" * 15]
     for label, summaries in runs.items():
         steps, secs, step_ratio, time_ratio = zip(
             *(_speedups(run, base[run.seed], base[run.seed].best) for run in summaries)
@@ -303,7 +303,8 @@ def budget_table(runs: dict[str, list[RunSummary]], budgets: dict[str, int]) -> 
             f"{_fmt([r.curve[-1]['wall_s'] for r in summaries], 1)} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | "
             f"{_fmt(list(secs), 1)} | {_ratio(list(time_ratio))} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
             f"{_fmt([r.noisy_share for r in summaries], 1, 100, '–')} "
-            f"({_fmt([r.base_noisy_share for r in summaries], 1, 100, '–')}) |"
+            f"({_fmt([r.base_noisy_share for r in summaries], 1, 100, '–')}) | "
+            f"{_fmt([r.spearman for r in summaries], 2, missing='–')} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -138,7 +138,8 @@ def test_budget_table_reads_every_run_against_uniforms_best_budget():
     runs = {  # uniform's longer run memorises: its shorter budget is its best
         "uniform_30": [summarise_run("uniform", 0, curve([0.1, 0.6, 0.7, 0.8]))],
         "uniform_40": [summarise_run("uniform", 0, curve([0.1, 0.5, 0.7, 0.75, 0.7]))],
-        "picky_30": [summarise_run("picky", 0, curve([0.1, 0.8, 0.85, 0.9]))],
+        "picky_30": [summarise_run("picky", 0, [dict(p, **{"selection/spearman_explore": 0.5 + 0.1 * (p["step"] // 10)})
+                                                 for p in curve([0.1, 0.8, 0.85, 0.9])])],
         "picky_10": [summarise_run("picky", 0, curve([0.1, 0.6]))],
     }
     budgets = {"uniform_30": 30, "uniform_40": 40, "picky_30": 30, "picky_10": 10}
@@ -148,6 +149,8 @@ def test_budget_table_reads_every_run_against_uniforms_best_budget():
     assert "| picky_30 | picky | 30 | 90.00 | 30 | 90.00 | 10.00 | 6.0 | 10 | 3.00x | 2.0 | 3.00x |" in table
     assert "| picky_10 | picky | 10 | 60.00 | 10 | 60.00 | – | 2.0 | never | – | never | – |" in table
     assert "| uniform_40 | uniform | 40 | 75.00 | 30 | 70.00 | – |" in table
+    # the last half of the evals' Spearman (0.7, 0.8); uniform logs none
+    assert table.split("\n")[4].endswith("| 0.75 |") and table.split("\n")[2].endswith("| – |")
     with pytest.raises(ValueError, match="need uniform at one budget"):
         best_budget({"picky_30": runs["picky_30"]})
 
