@@ -8,7 +8,8 @@ per seed with ``{seed}`` (e.g. ``runs/budget/levers_2000/seed{seed}``); the poli
 each run's config, the name from the folder (its whole path where two folders share a name). Every curve
 is smoothed over 3 evals first, as the bench does.
 
-Run: python benchmarks/budgets.py --seeds=N RUNS [RUNS ...]      (markdown on stdout)
+Run: python benchmarks/budgets.py --seeds=N [--plot=FILE.png] RUNS [RUNS ...]      (markdown on stdout)
+With --plot, also the bench's plot of the same runs (the metric against steps and seconds, mean over seeds).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 
 from steps_to_best import comparison_of, summary
 
-from online_select.bench import budget_table
+from online_select.bench import budget_table, plot_runs
 from online_select.config import load_config
 
 
-def main(seeds: int, patterns: list[str]) -> None:
+def main(seeds: int, patterns: list[str], plot: str | None = None) -> None:
     configs = {pattern: load_config(Path(pattern.format(seed=0)) / "config.yaml", []) for pattern in patterns}
     comparison = comparison_of(configs[patterns[0]])
     folders = {pattern: pattern.replace("/seed{seed}", "").rstrip("/") for pattern in patterns}
@@ -35,11 +36,13 @@ def main(seeds: int, patterns: list[str]) -> None:
         print(budget_table(runs, {labels[p]: configs[p].train.max_steps for p in patterns}), end="")
     except ValueError as exc:
         sys.exit(f"budgets: {exc}")
+    if plot:
+        plot_runs(runs, plot, title=f"{len(runs)} runs, {seeds} seed(s) each; shaded: min to max over seeds")
 
 
 if __name__ == "__main__":
-    seeds = [a for a in sys.argv[1:] if a.startswith("--seeds=")]
-    patterns = [a for a in sys.argv[1:] if not a.startswith("--seeds=")]
-    if not seeds or not patterns or any("{seed}" not in p for p in patterns):
+    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--") and "=" in a}
+    patterns = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--seeds" not in options or set(options) - {"--seeds", "--plot"} or not patterns or any("{seed}" not in p for p in patterns):
         sys.exit(__doc__)
-    main(int(seeds[0].split("=", 1)[1]), patterns)
+    main(int(options["--seeds"]), patterns, options.get("--plot"))
