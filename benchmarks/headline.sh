@@ -2,7 +2,8 @@
 # The README's headline (Results, first section): uniform over its best budgets against the recipe's default
 # over shorter ones, and the default behind a perfect label filter (the bound), with the CNN of the recipe
 # (width 32) and four times as wide (width 128); 3 seeds, one run at a time, so seconds compare side by side.
-# About 160 minutes on 2 CPU cores (35 for width 32 alone). Usage: bash benchmarks/headline.sh [OUT [WIDTH...]]
+# About 95 minutes for width 32 and 3x that for width 128 on 2 CPU cores with a 27 ms width-32 step (half that
+# on a day with a 14 ms step). Usage: bash benchmarks/headline.sh [OUT [WIDTH...]]
 # (WIDTH: 32, 128 or both, the default); SEEDS=1 for a quick look.
 set -euo pipefail
 out="${1:-runs/headline}"
