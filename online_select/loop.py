@@ -534,7 +534,7 @@ def _temperature_schedule(config: Config) -> Callable[[int], float] | None:
 
 
 # reference.refresh_at=auto refreshes once, at this fraction of the run, if the run trains on at least
-# AUTO_REFRESH_EPOCHS times the training set: measured on noisy Fashion-MNIST (README, Results), one
+# AUTO_REFRESH_EPOCHS times the training set: measured on noisy Fashion-MNIST (docs/results_history.md), one
 # refresh at 0.25 adds 0.2 point at 4000 steps (4.3 epochs) at the same wall-clock, and costs 20% of the
 # clock for no accuracy at 1500 steps (1.6 epochs).
 AUTO_REFRESH_AT = 0.25

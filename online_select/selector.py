@@ -203,7 +203,7 @@ class OnlineSelector:
         proxy: a :class:`ProxyModel` for the ``proxy_loss`` policy.
         rule: ``"sample"`` (default) or ``"top_k"`` (see :func:`online_select.rules.select`). Hard top-k
             drifts onto the few mislabelled samples that pass the reference's check once most clean
-            ones are learnt; sampling with a temperature does not (see README, Results).
+            ones are learnt; sampling with a temperature does not (see docs/results_history.md).
         explore: fraction of k picked uniformly at random (unbiased targets for the scorer).
         temperature: for ``rule="sample"``: intensity ``exp(score / temperature)``.
         importance_weights: unbiased loss weights (``rule="sample"`` only).
