@@ -23,7 +23,7 @@ headline() {
   # The oracle filter: the same default, its reference table made from the true noise flags, which nothing
   # overwrites (no refresh, no rejection: both would put the large model's verdicts in place of the truth).
   for seed in $(seq 0 $((seeds - 1))); do
-    online-select train "$recipe" seed=$seed output_dir="$out/w$width/oracle_filter_3000/seed$seed" model.width="$width" \
+    online-select train --reuse "$recipe" seed=$seed output_dir="$out/w$width/oracle_filter_3000/seed$seed" model.width="$width" \
         reference.kind=file reference.path="$out/oracle_table.safetensors" 'reference.refresh_at=[]' \
         selection.reject_after=0 train.max_steps=3000 train.eval_every=187 train.progress=false "${common[@]}"
   done

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from online_select.bench import Comparison, _finished, _fmt, _mean_of, read_metrics, summarise_run
+from online_select.bench import Comparison, _fmt, _mean_of, finished_run, read_metrics, summarise_run
 from online_select.config import load_config
 from online_select.loop import train
 
@@ -52,7 +52,7 @@ def run_variant(name: str, folder: Path, overrides: list[str], comparison: Compa
     """Train the recipe with ``overrides`` into ``folder``, unless a finished run of that config is there."""
     config = load_config(RECIPE, overrides + [f"output_dir={folder}", "train.progress=false"])
     print(f"{Path(sys.argv[0]).stem}: {name} -> {folder}", file=sys.stderr, flush=True)
-    if not _finished(config, folder, comparison.metric):
+    if not finished_run(config, folder, comparison.metric):
         train(config)
 
 

@@ -32,6 +32,7 @@ from .distributed import is_main_process
 __all__ = [
     "Comparison",
     "run_bench",
+    "finished_run",
     "read_metrics",
     "smooth_curve",
     "summarise_run",
@@ -346,8 +347,11 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
     fig.savefig(path, dpi=110)
 
 
-def _finished(cfg: Config, out: Path, metric: str) -> bool:
-    """Whether ``out`` holds a completed run of exactly ``cfg`` (same resolved config, last eval at max_steps)."""
+def finished_run(cfg: Config, out: str | Path, metric: str | None = None) -> bool:
+    """Whether ``out`` holds a completed run of exactly ``cfg`` (same resolved config, last eval of
+    ``metric``, by default the task's, at max_steps)."""
+    out = Path(out)
+    metric = metric or comparison_for(cfg, None, None, 1).metric
     config_file, metrics_file = out / "config.yaml", out / "metrics.jsonl"
     if not (config_file.is_file() and metrics_file.is_file()):
         return False
@@ -383,7 +387,7 @@ def _run_one(
         cfg.train.eval_every = max(1, cfg.train.max_steps // evals_per_run)
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
-    if reuse and _finished(cfg, out, comparison.metric):
+    if reuse and finished_run(cfg, out, comparison.metric):
         if is_main_process():
             print(f"bench: reusing the finished run in {out}", flush=True)
     else:

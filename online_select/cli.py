@@ -16,6 +16,13 @@ def _train(args: argparse.Namespace) -> int:
     from .loop import train
 
     config = load_config(args.recipe, args.overrides)
+    if args.reuse:
+        from .bench import finished_run
+
+        if finished_run(config, config.output_dir):
+            if is_main_process():
+                print(f"online_select: reusing the finished run in {config.output_dir}")
+            return 0
     final = train(config)
     if final and is_main_process():
         shown = {k: v for k, v in final.items() if k in ("step", "wall_s", "eval/accuracy", "eval/loss")}
@@ -85,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe (YAML) with dotted key=value overrides")
     train.add_argument("recipe", help="path to a recipe YAML")
     train.add_argument("overrides", nargs="*", help="e.g. selection.policy=uniform train.max_steps=500 seed=1")
+    train.add_argument(
+        "--reuse", action="store_true",
+        help="do nothing if output_dir already holds a finished run of the same config (else train as usual)",
+    )
     train.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="run policies side by side under one budget; write a table and a plot")

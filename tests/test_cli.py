@@ -52,6 +52,31 @@ def test_resume_auto_continues_from_the_newest_checkpoint(tiny_idx_folder, tmp_p
     assert steps == [0, 10, 15, 20, 30]
 
 
+def test_train_reuse_skips_only_a_finished_run_of_the_same_config(tiny_idx_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--reuse", str(RECIPE), *_small(tiny_idx_folder, out, "train.max_steps=10", "train.eval_every=5")]
+    assert main(args) == 0
+    metrics = out / "metrics.jsonl"
+    written = metrics.read_text()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"reusing the finished run in {out}" in capsys.readouterr().out
+    assert metrics.read_text() == written
+    # A run that stopped before its last eval is trained again, as is another config in the same folder.
+    lines = written.splitlines()
+    last_eval = max(i for i, line in enumerate(lines) if "eval/accuracy" in line)
+    metrics.write_text("\n".join(lines[:last_eval]) + "\n")
+    assert main(args) == 0
+    assert "reusing" not in capsys.readouterr().out
+
+    def evals(text):
+        return [(line["step"], line["eval/accuracy"]) for line in map(json.loads, text.splitlines()) if "eval/accuracy" in line]
+
+    assert evals(metrics.read_text()) == evals(written)
+    assert main(args + ["scorer.hidden=8"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+
+
 def test_unknown_override_key_fails_with_its_name(capsys):
     assert main(["train", str(RECIPE), "selection.polcy=uniform"]) == 2
     assert "unknown config key 'selection.polcy'" in capsys.readouterr().err
