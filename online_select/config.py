@@ -118,6 +118,8 @@ class SelectionConfig:
     # A sample trained on this many times whose observed loss still puts its label under the label floor
     # becomes ineligible (OnlineSelector.reject_unlearned); 0: never. Policies without a scorer ignore it.
     reject_after: int = 0
+    # Each pick's loss weight times exp(-loss_discount * its loss), renormalised to mean 1 (OnlineSelector); 0: off.
+    loss_discount: float = 0.0
     on_nonfinite: str = "raise"
     distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
 

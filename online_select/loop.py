@@ -116,6 +116,7 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
         # Rejection reads the scorer's loss memory: policies without a scorer (uniform, reference_filter,
         # the exact scores) have none, so a recipe's reject_after does not apply to them.
         reject_after=sel.reject_after if policy.needs_scorer else 0,
+        loss_discount=sel.loss_discount,
         on_nonfinite=sel.on_nonfinite,
         id_key="id",
         seed=config.seed,

@@ -212,6 +212,10 @@ class OnlineSelector:
         reject_after: when a sample has been trained on this many times and its observed loss still puts
             its label under ``label_floor``, make it ineligible (see :meth:`reject_unlearned`); 0: never.
             Needs a :class:`ReferenceTable` and a scorer with the loss memory.
+        loss_discount: q >= 0; each selected sample's loss weight is multiplied by ``exp(-q * loss)``
+            (its observed loss, detached), renormalised to mean 1 over the step's samples: a robust loss that
+            leans less on the picks the large model fits worst, most of them mislabelled once the clean ones
+            are learnt. 0 (default): off.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``: drop NaN/inf losses from the step and
             count them in ``stats()["nonfinite_losses"]``.
         id_key: the batch field holding sample ids when ``ids`` is not passed to :meth:`select`.
@@ -238,6 +242,7 @@ class OnlineSelector:
         label_floor: float = 0.0,
         warmup_steps: int = 0,
         reject_after: int = 0,
+        loss_discount: float = 0.0,
         on_nonfinite: str = "raise",
         id_key: str | int | None = None,
         seed: int = 0,
@@ -288,6 +293,9 @@ class OnlineSelector:
                 "reject_after needs a ReferenceTable reference, a scorer with the loss memory and label_floor > 0"
             )
         self.reject_after = reject_after
+        if not (loss_discount >= 0 and math.isfinite(loss_discount)):
+            raise ValueError(f"loss_discount must be a finite number >= 0, got {loss_discount}")
+        self.loss_discount = loss_discount
         self.on_nonfinite = on_nonfinite
         self.id_key = id_key
         self.distributed = distributed
@@ -569,6 +577,11 @@ class OnlineSelector:
         self.step += 1
         self.samples_seen += view.candidates
         weights = selected.weights.to(losses.device, losses.dtype)
+        if self.loss_discount and keep.numel():
+            # Normalised over every process's finite losses (the view), so the weights mean the same everywhere.
+            scale = torch.exp(-self.loss_discount * view.losses[keep]).mean()
+            discount = torch.exp(-self.loss_discount * observed.nan_to_num(0.0)) / scale
+            weights = weights * discount.to(losses.device, losses.dtype)
         if group is not None:
             mask = torch.isfinite(observed).to(losses.device)
             scale = group.world_size / max(int(finite.sum()), 1)

@@ -290,7 +290,7 @@ def test_local_selection_keeps_the_scorer_identical_and_scales_the_loss(two_proc
 # ---------------------------------------------------------------- 2 processes: gradients with DDP
 
 
-def _ddp_worker(out, mode):
+def _ddp_worker(out, mode, loss_discount):
     _start_worker()
     from accelerate import Accelerator
 
@@ -301,7 +301,9 @@ def _ddp_worker(out, mode):
     model = torch.nn.Linear(3, 5)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     model = accelerator.prepare(model)
-    selector = OnlineSelector("predicted_loss", keep=0.25, scorer=Scorer(), explore=0.25, distributed=mode)
+    selector = OnlineSelector(
+        "predicted_loss", keep=0.25, scorer=Scorer(), explore=0.25, distributed=mode, loss_discount=loss_discount
+    )
     batch = _candidates(STEPS - 1, 2, rank)  # rank 1 holds only SHORT candidates
     batch["label"] = batch["id"] % 5
     selected = selector.select(batch)
@@ -309,16 +311,16 @@ def _ddp_worker(out, mode):
     accelerator.backward(selector.observe(selected, losses))
     grads = {name: p.grad for name, p in accelerator.unwrap_model(model).named_parameters()}
     picked = {"input": selected.batch["input"], "label": selected.batch["label"], "weights": selected.weights}
-    torch.save({"grads": grads, "picked": picked, "initial": initial}, Path(out) / f"{mode}-{rank}.pt")
+    torch.save({"grads": grads, "picked": picked, "initial": initial}, Path(out) / f"{mode}-{loss_discount}-{rank}.pt")
     faulthandler.cancel_dump_traceback_later()
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
-def test_gradients_are_equal_across_ranks_and_are_the_weighted_mean_over_all_selected(tmp_path, mode):
+@pytest.mark.parametrize("mode,loss_discount", [("global", 0.0), ("local", 0.0), ("local", 0.7)])
+def test_gradients_are_equal_across_ranks_and_are_the_weighted_mean_over_all_selected(tmp_path, mode, loss_discount):
     from accelerate import debug_launcher
 
-    debug_launcher(_ddp_worker, args=(str(tmp_path), mode), num_processes=2)
-    r0, r1 = (torch.load(tmp_path / f"{mode}-{r}.pt", weights_only=True) for r in (0, 1))
+    debug_launcher(_ddp_worker, args=(str(tmp_path), mode, loss_discount), num_processes=2)
+    r0, r1 = (torch.load(tmp_path / f"{mode}-{loss_discount}-{r}.pt", weights_only=True) for r in (0, 1))
     for name in r0["grads"]:
         assert torch.equal(r0["grads"][name], r1["grads"][name])
     k0, k1 = len(r0["picked"]["label"]), len(r1["picked"]["label"])
@@ -329,7 +331,10 @@ def test_gradients_are_equal_across_ranks_and_are_the_weighted_mean_over_all_sel
     x = torch.cat([r0["picked"]["input"], r1["picked"]["input"]])
     y = torch.cat([r0["picked"]["label"], r1["picked"]["label"]])
     w = torch.cat([r0["picked"]["weights"], r1["picked"]["weights"]])
-    (w * F.cross_entropy(model(x), y, reduction="none")).mean().backward()
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    # loss_discount: the weights times exp(-q * loss), normalised over both processes' picks together
+    discount = torch.exp(-loss_discount * losses.detach())
+    (w * discount / discount.mean() * losses).mean().backward()
     for name, param in model.named_parameters():
         assert torch.allclose(r0["grads"][name], param.grad, atol=1e-6), name
 

@@ -53,6 +53,21 @@ def test_three_line_loop_selects_exactly_k_and_trains():
     assert "selection/spearman_explore" in stats and stats["selection/samples_seen"] == 160
 
 
+def test_loss_discount_weights_picks_by_exp_minus_q_loss_normalised_and_detached():
+    losses = torch.tensor([0.5, 1.0, 2.0, 4.0, float("nan")], requires_grad=True)
+    discount = torch.exp(-0.5 * losses.detach()[:4])
+    selector = OnlineSelector("uniform", keep=5, loss_discount=0.5, on_nonfinite="skip")
+    loss = selector.observe(selector.select(_batch()), losses)
+    assert loss.item() == pytest.approx((discount * losses.detach()[:4]).sum().item() / discount.sum().item())
+    loss.backward()
+    assert torch.allclose(losses.grad[:4], discount / discount.sum()) and losses.grad[4] == 0
+    plain = OnlineSelector("uniform", keep=4)
+    assert plain.observe(plain.select(_batch()), losses.detach()[:4]).item() == pytest.approx(1.875)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="loss_discount must be a finite number >= 0"):
+            OnlineSelector("uniform", keep=4, loss_discount=bad)
+
+
 def test_missing_components_are_named_up_front():
     with pytest.raises(ValueError, match=r"needs scorer=Scorer\(...\), reference="):
         OnlineSelector("predicted_learnability")
