@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LossMemory", "check_ids"]
+__all__ = ["LossMemory", "check_ids", "checked_ids_and_max"]
 
 MAX_SAMPLE_ID = 2**31 - 1
 
 
 def check_ids(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Validate sample ids: a 1-D integer tensor of ``batch_size`` non-negative ids."""
+    return checked_ids_and_max(ids, batch_size)[0]
+
+
+def checked_ids_and_max(ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+    """:func:`check_ids`, and the largest id (-1 for none): callers that bound-check a table need it,
+    and one reduction for both bounds is a measurable share of a selection step."""
     if not isinstance(ids, torch.Tensor):
         ids = torch.as_tensor(ids)
     if ids.ndim != 1 or ids.numel() != batch_size:
@@ -18,12 +24,15 @@ def check_ids(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"sample ids must be integers, got dtype {ids.dtype}")
     ids = ids.to("cpu", torch.long)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > MAX_SAMPLE_ID):
+    if not ids.numel():
+        return ids, -1
+    low, high = (int(bound) for bound in torch.aminmax(ids))
+    if low < 0 or high > MAX_SAMPLE_ID:
         raise ValueError(
             "sample ids must be dense non-negative integers below 2**31 (positions in the dataset); "
-            f"got range [{int(ids.min())}, {int(ids.max())}]"
+            f"got range [{low}, {high}]"
         )
-    return ids
+    return ids, high
 
 
 class LossMemory:
@@ -52,22 +61,24 @@ class LossMemory:
 
     def update(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
         """Record ``losses`` observed for ``ids`` at ``step`` (non-finite losses are not recorded)."""
-        ids = check_ids(ids, losses.numel())
+        ids, max_id = checked_ids_and_max(ids, losses.numel())
         losses = losses.detach().float().cpu()
         keep = torch.isfinite(losses)
-        ids, losses = ids[keep], losses[keep]
+        if not bool(keep.all()):
+            ids, losses = ids[keep], losses[keep]
+            max_id = int(ids.max()) if ids.numel() else -1
         if ids.numel() == 0:
             return
-        self._grow(int(ids.max()))
+        self._grow(max_id)
         self.last_loss[ids] = losses
         self.last_step[ids] = step
         self.count[ids] += 1
 
     def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(last_loss, last_step, count)`` for ``ids``; unseen ids give NaN, 0, 0."""
-        ids = check_ids(ids, ids.numel())
+        ids, max_id = checked_ids_and_max(ids, ids.numel())
         size = self.last_loss.numel()
-        if ids.numel() == 0 or int(ids.max()) < size:
+        if max_id < size:
             return self.last_loss[ids], self.last_step[ids], self.count[ids]
         # Ids beyond the storage were never seen; looking up must not grow (and so change) the state.
         known = ids < size

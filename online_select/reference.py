@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .losses import ModelLoss
-from .memory import check_ids
+from .memory import check_ids, checked_ids_and_max
 
 __all__ = [
     "Reference",
@@ -84,6 +84,7 @@ class ReferenceTable(Reference):
         self.table = losses
         self.extra = features
         self.covered = torch.isfinite(losses)
+        self._covers_all = bool(self.covered.all())
 
     def __len__(self) -> int:
         return int(self.covered.sum())
@@ -91,8 +92,8 @@ class ReferenceTable(Reference):
     def _check(self, ids: torch.Tensor | None, n: int) -> torch.Tensor:
         if ids is None:
             raise ValueError("a ReferenceTable looks losses up by sample id: pass ids with each candidate batch")
-        ids = check_ids(ids, n)
-        if n and int(ids.max()) < self.table.numel() and bool(self.covered[ids].all()):
+        ids, max_id = checked_ids_and_max(ids, n)
+        if max_id < self.table.numel() and (self._covers_all or bool(self.covered[ids].all())):
             return ids
         outside = ids >= self.table.numel()
         missing = outside.clone()

@@ -145,15 +145,16 @@ class _StepView:
     losses: torch.Tensor
     weights: torch.Tensor
     explored: torch.Tensor
-    selected_scores: torch.Tensor
     ids: torch.Tensor | None
     features: torch.Tensor | None
-    predicted: torch.Tensor | None
     candidates: int
-    candidate_score: float
     select_s: float
+    # (explored & finite, losses) -> the step's entry for stats(): the scores' means, the explored picks'
+    # predicted and observed losses, the eligible share. Computed when stats() or state_dict() reads the
+    # window, not at every step: after the large model's step each small op costs far more than the
+    # same ops run back to back.
+    summary: Callable[[torch.Tensor, torch.Tensor], dict]
     batch: Any = None
-    eligible: int = 0
 
 
 def _count(mask: torch.Tensor | None, total: int) -> int:
@@ -312,11 +313,18 @@ class OnlineSelector:
         self.samples_seen = 0
         self.nonfinite_losses = 0
         self.unlearned_rejected = 0
-        self.flat_score_steps = 0
+        self._flat_score_steps = 0
         self._spreads: list[float] = []  # the eligible scores' spread on each sampled step of the current window
+        self._spread_inputs: list[tuple[torch.Tensor, torch.Tensor | None, float]] = []  # steps not measured yet
         self._flat_warned = False
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
+
+    @property
+    def flat_score_steps(self) -> int:
+        """Sampled steps on which the eligible scores spanned less than ``FLAT_SPREAD`` x the temperature."""
+        self._count_spreads()
+        return self._flat_score_steps
 
     @property
     def needs_ids(self) -> bool:
@@ -400,35 +408,53 @@ class OnlineSelector:
             selection = select(scores, k, rule="top_k", explore=1.0, generator=self.generator, eligible=eligible)
             return scores, selection, eligible
         scores = self.policy.score(signals, label_floor=self.label_floor).float()
-        bad = ~torch.isfinite(scores)
-        if bool(bad.any()):
-            raise NonFiniteLossError(
-                f"policy {self.policy.name!r} produced {int(bad.sum())} NaN/inf scores of {n}; "
-                "check the large-model, reference and scorer losses for NaN/inf"
+        try:
+            selection = select(
+                scores,
+                k,
+                rule=self.rule,
+                temperature=self.temperature,
+                explore=self.explore,
+                importance_weights=self.importance_weights,
+                generator=self.generator,
+                eligible=eligible,
             )
+        except ValueError:
+            # select() checks the scores are finite; say which signals to look at.
+            bad = ~torch.isfinite(scores)
+            if bool(bad.any()):
+                raise NonFiniteLossError(
+                    f"policy {self.policy.name!r} produced {int(bad.sum())} NaN/inf scores of {n}; "
+                    "check the large-model, reference and scorer losses for NaN/inf"
+                ) from None
+            raise
         if self.rule == "sample":
-            self._check_spread(scores if eligible is None else scores[eligible])
-        selection = select(
-            scores,
-            k,
-            rule=self.rule,
-            temperature=self.temperature,
-            explore=self.explore,
-            importance_weights=self.importance_weights,
-            generator=self.generator,
-            eligible=eligible,
-        )
+            self._spread_inputs.append((scores, eligible, self.temperature))
+            if len(self._spreads) + len(self._spread_inputs) >= FLAT_WINDOW:
+                self._count_spreads(stacklevel=5)
         return scores, selection, eligible
 
-    def _check_spread(self, scores: torch.Tensor) -> None:
-        if scores.numel() < 2:
-            return
-        spread = float(scores.max() - scores.min())
-        flat_below = FLAT_SPREAD * self.temperature
-        self.flat_score_steps += spread < flat_below
-        self._spreads.append(spread)
-        if len(self._spreads) < FLAT_WINDOW:
-            return
+    def _count_spreads(self, stacklevel: int = 4) -> None:
+        """Measure the spread of the eligible scores of the sampled steps not measured yet, and judge
+        each full window of them (``stacklevel`` points the warning at the user's call). Deferred from
+        the steps themselves: measured together they cost a fraction of measuring each right after the
+        large model's step."""
+        inputs, self._spread_inputs = self._spread_inputs, []
+        for scores, eligible, temperature in inputs:
+            if eligible is not None:
+                scores = scores[eligible]
+            if scores.numel() < 2:
+                continue
+            low, high = torch.aminmax(scores)
+            spread = float(high - low)
+            self._flat_score_steps += spread < FLAT_SPREAD * temperature
+            self._spreads.append(spread)
+            if len(self._spreads) >= FLAT_WINDOW:
+                self._judge_spreads(scores, temperature, stacklevel)
+
+    def _judge_spreads(self, scores: torch.Tensor, temperature: float, stacklevel: int) -> None:
+        """Warn once if the scores were flat on most steps of the window that just filled."""
+        flat_below = FLAT_SPREAD * temperature
         spreads, self._spreads = torch.tensor(self._spreads), []
         if self._flat_warned or float((spreads < flat_below).float().mean()) < FLAT_SHARE:
             return
@@ -440,11 +466,11 @@ class OnlineSelector:
             advice = (f"The scores are all but equal: check what the {self.policy.name} policy reads (e.g. a "
                       "reference table with one value, or a scorer that does not learn)")
         warnings.warn(
-            f"rule='sample' at temperature {self.temperature:g}: on {FLAT_SHARE:.0%} or more of the last "
+            f"rule='sample' at temperature {temperature:g}: on {FLAT_SHARE:.0%} or more of the last "
             f"{FLAT_WINDOW} steps the eligible candidates' {self.policy.name} scores spanned less than "
             f"{FLAT_SPREAD:g} x the temperature (median {typical:.3g}), so sampling picks nearly at random. {advice}",
             FlatScoresWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
     def _select_global(
@@ -559,16 +585,21 @@ class OnlineSelector:
                     "pass on_nonfinite='skip' to drop them from the update and count them instead"
                 )
             self.nonfinite_losses += n_bad
-        keep = finite.nonzero()[:, 0]
-        if self.scorer is not None and keep.numel():
-            sub_ids = None if view.ids is None else view.ids[keep]
-            sub_batch = take(view.batch, keep) if self.scorer.model is not None else None
-            self.scorer.update(view.features[keep], view.losses[keep], sub_ids, self.step, sub_batch)
-        if self.proxy is not None and keep.numel():
-            self.proxy.update(take(view.batch, keep))
+        kept = view.losses.numel() - n_bad
+        keep = finite.nonzero()[:, 0] if n_bad else None
+
+        def kept_rows(rows: torch.Tensor) -> torch.Tensor:
+            return rows if keep is None else rows[keep]
+
+        if self.scorer is not None and kept:
+            sub_ids = None if view.ids is None else kept_rows(view.ids)
+            sub_batch = (view.batch if keep is None else take(view.batch, keep)) if self.scorer.model is not None else None
+            self.scorer.update(kept_rows(view.features), kept_rows(view.losses), sub_ids, self.step, sub_batch)
+        if self.proxy is not None and kept:
+            self.proxy.update(view.batch if keep is None else take(view.batch, keep))
         rejected_ids = None
-        if self.reject_after and keep.numel() and view.ids is not None:
-            unlearned = self.reject_unlearned(view.ids[keep], self.reject_after)
+        if self.reject_after and kept and view.ids is not None:
+            unlearned = self.reject_unlearned(kept_rows(view.ids), self.reject_after)
             rejected_ids = unlearned.ids[unlearned.rejected]
             self.unlearned_rejected += rejected_ids.numel()
         selected.timings["observe_s"] = time.perf_counter() - start
@@ -577,9 +608,9 @@ class OnlineSelector:
         self.step += 1
         self.samples_seen += view.candidates
         weights = selected.weights.to(losses.device, losses.dtype)
-        if self.loss_discount and keep.numel():
+        if self.loss_discount and kept:
             # Normalised over every process's finite losses (the view), so the weights mean the same everywhere.
-            scale = torch.exp(-self.loss_discount * view.losses[keep]).mean()
+            scale = torch.exp(-self.loss_discount * kept_rows(view.losses)).mean()
             discount = torch.exp(-self.loss_discount * observed.nan_to_num(0.0)) / scale
             weights = weights * discount.to(losses.device, losses.dtype)
         if group is not None:
@@ -636,6 +667,9 @@ class OnlineSelector:
         ids = check_ids(ids, ids.numel())
         last_loss, _, count = self._refresh_memory().lookup(ids)
         unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
+        if not bool(unlearned.any()):  # most steps: nothing to look up in the table
+            nothing = torch.zeros(0, dtype=torch.bool)
+            return ReferenceRefresh(ids[:0], admitted=nothing, rejected=nothing)
         ids, last_loss = ids[unlearned], last_loss[unlearned]
         rejected = plausible_labels(table.losses(None, ids), self.label_floor)
         if bool(rejected.any()):
@@ -659,19 +693,29 @@ class OnlineSelector:
         return self.proxy is not None or (self.scorer is not None and self.scorer.model is not None)
 
     def _view(self, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
+        # Only the tensors the summary reads, not the SelectedBatch (whose batch it would keep alive).
+        scores, indices, predicted, eligible = selected.scores, selected.indices, selected.predicted_loss, selected.eligible
+        candidates = selected.candidate_batch_size
+
+        def summary(explored: torch.Tensor, losses: torch.Tensor) -> dict:
+            return {
+                "explored_predicted": None if predicted is None else predicted[indices][explored],
+                "explored_observed": losses[explored],
+                "selected_score": scores[indices].mean().item(),
+                "candidate_score": scores.mean().item(),
+                "eligible_share": _count(eligible, candidates) / max(candidates, 1),
+            }
+
         return _StepView(
             losses=observed,
             weights=selected.weights,
             explored=selected.explored,
-            selected_scores=selected.scores[selected.indices],
             ids=selected.selected_ids,
             features=selected.selected_rows(selected.features),
-            predicted=selected.selected_rows(selected.predicted_loss),
-            candidates=selected.candidate_batch_size,
-            candidate_score=selected.scores.mean().item(),
+            candidates=candidates,
             select_s=selected.timings.get("select_s", 0.0),
+            summary=summary,
             batch=selected.batch,
-            eligible=_count(selected.eligible, selected.candidate_batch_size),
         )
 
     def _gather_view(self, group: ProcessGroup, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
@@ -715,45 +759,53 @@ class OnlineSelector:
         if permutation is not None:
             rows = rows[permutation]
         if self.distributed == "global":
-            candidates_total, candidate_score = selected.candidate_batch_size, selected.scores.mean().item()
+            candidates_total, all_scores = selected.candidate_batch_size, selected.scores
             eligible_total = _count(selected.eligible, candidates_total)
         else:
-            candidates_total = int(headers[:, 0].sum())
-            candidate_score = float(headers[:, 1].sum() / max(candidates_total, 1))
+            candidates_total, all_scores = int(headers[:, 0].sum()), None
             eligible_total = int(headers[:, 3].sum())
+        score_sum = float(headers[:, 1].sum())
         width = 7 if predicted is not None else 6
         batch = None
         if self._needs_batch():
             batch = gather_batches(group, selected.batch, field_specs(selected.batch), permutation)
+        selected_scores = rows[:, 5].float()
+        predicted_rows = rows[:, 6].float() if predicted is not None else None
+
+        def summary(explored: torch.Tensor, losses: torch.Tensor) -> dict:
+            return {
+                "explored_predicted": None if predicted_rows is None else predicted_rows[explored],
+                "explored_observed": losses[explored],
+                "selected_score": selected_scores.mean().item(),
+                "candidate_score": (
+                    all_scores.mean().item() if all_scores is not None else score_sum / max(candidates_total, 1)
+                ),
+                "eligible_share": eligible_total / max(candidates_total, 1),
+            }
+
         return _StepView(
             losses=rows[:, 1].float(),
             weights=rows[:, 2].float(),
             explored=rows[:, 3].bool(),
-            selected_scores=rows[:, 5].float(),
             ids=rows[:, 4].long() if ids is not None else None,
             features=rows[:, width:].to(features.dtype) if features is not None else None,
-            predicted=rows[:, 6].float() if predicted is not None else None,
             candidates=candidates_total,
-            candidate_score=candidate_score,
             select_s=float(headers[:, 2].max()),
+            summary=summary,
             batch=batch,
-            eligible=eligible_total,
         )
 
     def _record(self, view: _StepView, finite: torch.Tensor, update_s: float) -> None:
-        explored = view.explored & finite
-        self._window.append(
-            {
-                "select_s": view.select_s,
-                "update_s": update_s,
-                "explored_predicted": None if view.predicted is None else view.predicted[explored],
-                "explored_observed": view.losses[explored],
-                "selected_score": view.selected_scores.mean().item(),
-                "candidate_score": view.candidate_score,
-                "eligible_share": view.eligible / max(view.candidates, 1),
-            }
-        )
+        summary, explored, losses, select_s = view.summary, view.explored, view.losses, view.select_s
+        self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored & finite, losses)})
         self.last_step = {"ids": view.ids, "weights": view.weights, "explored": view.explored, "losses": view.losses}
+
+    def _window_entries(self) -> list[dict]:
+        """The stats window's entries, each computed on first read."""
+        for i in range(len(self._window)):
+            if callable(self._window[i]):
+                self._window[i] = self._window[i]()
+        return list(self._window)
 
     def check_synchronized(self) -> None:
         """Raise :class:`~online_select.distributed.DistributedSelectionError` unless the scorer, proxy,
@@ -768,19 +820,20 @@ class OnlineSelector:
         """Summary over the recent window of steps: scorer quality, scores and time split."""
         if not self._window:
             return {}
+        window = self._window_entries()
         out: dict[str, float] = {
             "selection/step": float(self.step),
             "selection/samples_seen": float(self.samples_seen),
-            "selection/select_ms": 1000 * sum(e["select_s"] for e in self._window) / len(self._window),
-            "selection/update_ms": 1000 * sum(e["update_s"] for e in self._window) / len(self._window),
-            "selection/selected_score": sum(e["selected_score"] for e in self._window) / len(self._window),
-            "selection/candidate_score": sum(e["candidate_score"] for e in self._window) / len(self._window),
-            "selection/eligible_share": sum(e["eligible_share"] for e in self._window) / len(self._window),
+            "selection/select_ms": 1000 * sum(e["select_s"] for e in window) / len(window),
+            "selection/update_ms": 1000 * sum(e["update_s"] for e in window) / len(window),
+            "selection/selected_score": sum(e["selected_score"] for e in window) / len(window),
+            "selection/candidate_score": sum(e["candidate_score"] for e in window) / len(window),
+            "selection/eligible_share": sum(e["eligible_share"] for e in window) / len(window),
             "selection/nonfinite_losses": float(self.nonfinite_losses),
             "selection/unlearned_rejected": float(self.unlearned_rejected),
             "selection/flat_score_steps": float(self.flat_score_steps),
         }
-        pairs = [(e["explored_predicted"], e["explored_observed"]) for e in self._window if e["explored_predicted"] is not None]
+        pairs = [(e["explored_predicted"], e["explored_observed"]) for e in window if e["explored_predicted"] is not None]
         if pairs:
             predicted = torch.cat([p for p, _ in pairs])
             observed = torch.cat([o for _, o in pairs])
@@ -799,7 +852,7 @@ class OnlineSelector:
             "flat_score_steps": self.flat_score_steps,
             "generator": self.generator.get_state(),
             "policy": self.policy.name,
-            "window": list(self._window),
+            "window": self._window_entries(),
         }
         if self.scorer is not None:
             state["scorer"] = self.scorer.state_dict()
@@ -816,7 +869,8 @@ class OnlineSelector:
         self.samples_seen = int(state["samples_seen"])
         self.nonfinite_losses = int(state["nonfinite_losses"])
         self.unlearned_rejected = int(state.get("unlearned_rejected", 0))
-        self.flat_score_steps = int(state.get("flat_score_steps", 0))
+        self._spread_inputs = []
+        self._flat_score_steps = int(state.get("flat_score_steps", 0))
         self.generator.set_state(state["generator"])
         self._window.clear()
         self._window.extend(state.get("window", []))

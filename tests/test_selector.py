@@ -53,6 +53,41 @@ def test_three_line_loop_selects_exactly_k_and_trains():
     assert "selection/spearman_explore" in stats and stats["selection/samples_seen"] == 160
 
 
+def _run_steps(selector, steps, read_every_step):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    read = []
+    for step in range(steps):
+        selected = selector.select(_batch(start=32 * step))
+        losses = F.cross_entropy(model(selected.batch["input"]), selected.batch["label"], reduction="none")
+        selector.observe(selected, losses)
+        if read_every_step:
+            read.append(selector.stats())
+    return read
+
+
+def test_stats_read_late_equal_stats_read_every_step():
+    # The window's entries are computed when first read: reading them at every step or once at the end
+    # must give the same figures, and a checkpoint holds the computed entries (plain values and tensors).
+    torch.manual_seed(0)
+    eager = _selector(stats_window=4)
+    _run_steps(eager, 7, read_every_step=True)
+    torch.manual_seed(0)
+    lazy = _selector(stats_window=4)
+    _run_steps(lazy, 7, read_every_step=False)
+
+    def figures(selector):  # all but the timings
+        return {key: value for key, value in selector.stats().items() if not key.endswith("_ms")}
+
+    assert figures(lazy) == figures(eager) and "selection/spearman_explore" in figures(lazy)
+    assert lazy.flat_score_steps == eager.flat_score_steps
+    window = lazy.state_dict()["window"]
+    assert len(window) == 4 and all(isinstance(entry, dict) for entry in window)
+    restored = _selector(stats_window=4)
+    restored.load_state_dict(copy.deepcopy(lazy.state_dict()))
+    assert figures(restored) == figures(lazy)
+
+
 def test_loss_discount_weights_picks_by_exp_minus_q_loss_normalised_and_detached():
     losses = torch.tensor([0.5, 1.0, 2.0, 4.0, float("nan")], requires_grad=True)
     discount = torch.exp(-0.5 * losses.detach()[:4])
