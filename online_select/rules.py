@@ -124,7 +124,8 @@ def select(
     n_explore = min(k, round(explore * k))
     order = torch.randperm(batch_size, generator=generator)
     # Eligible candidates first (in random order), then the others: exploration draws from the front.
-    order = torch.cat([order[eligible[order]], order[~eligible[order]]])
+    in_order = eligible[order]
+    order = torch.cat([order[in_order], order[~in_order]])
     num_eligible = int(eligible.sum())
     explored_idx = order[:n_explore]
     pool = order[n_explore:num_eligible] if n_explore < num_eligible else order[:0]
