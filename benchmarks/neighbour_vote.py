@@ -125,6 +125,8 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
                 run(name, folder, [DEFAULT], seed)
             if record:
                 record_file.write_text(json.dumps(record))
+            elif not record_file.is_file():
+                sys.exit(f"{folder}: the run made no refresh, so no vote (it runs at the refresh: reference.refresh_at)")
             votes.setdefault(name, []).append(json.loads(record_file.read_text()))
 
     print(f"\n{seeds} seed(s), k={k}, pool={pool}, {' '.join(overrides)}\n")
