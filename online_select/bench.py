@@ -11,6 +11,8 @@ adds a table of steps and seconds to fixed metric values (e.g. 85%, 87%, 89% acc
 With ``budgets`` each policy also runs over budgets of its own (``train.max_steps``, each with its own LR
 schedule): the target is then uniform's best *budget* (past some budget uniform memorises flipped labels, so
 its longest run need not be its best), and the table says how short a run of each policy reaches it.
+With ``learning_rates`` each policy also runs at learning rates of its own, and the target is uniform's best
+run over its budgets and learning rates.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "budget_table",
     "best_budget",
     "parse_budgets",
+    "parse_learning_rates",
 ]
 
 METRIC = "eval/accuracy"
@@ -244,25 +247,51 @@ def targets_table(runs: dict[str, list[RunSummary]], targets: list[float], basel
     return "\n".join(lines) + "\n"
 
 
+def _per_policy(specs: list[str], policies: list[str], what: str, unit: str, convert) -> dict[str, list]:
+    """``["POLICY=A,B", ...]`` -> ``{policy: sorted values}``; ``convert`` parses one value (ValueError if bad)."""
+    values_of: dict[str, list] = {}
+    for spec in specs:
+        policy, sep, values = (part.strip() for part in spec.partition("="))
+        if not sep or not policy or not values:
+            raise ValueError(f"a {what} is POLICY={unit}[,{unit}...], got {spec!r}")
+        if policy not in policies:
+            raise ValueError(f"{what} {spec!r} names policy {policy!r}, which is not among the policies run ({', '.join(policies)})")
+        if policy in values_of:
+            raise ValueError(f"policy {policy!r} has two {what} lists; give them in one: {policy}=A,B")
+        try:
+            parsed = [convert(value) for value in values.split(",")]
+        except ValueError as exc:
+            raise ValueError(f"{what} {spec!r}: {exc}") from None
+        if len(set(parsed)) < len(parsed):
+            raise ValueError(f"{what} {spec!r}: the values must be distinct")
+        values_of[policy] = sorted(parsed)
+    return values_of
+
+
+def _steps(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError("budgets are whole numbers of steps, at least 1")
+    return int(value)
+
+
+def _learning_rate(value: str) -> float:
+    try:
+        lr = float(value)
+    except ValueError:
+        raise ValueError(f"{value.strip()!r} is not a number") from None
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError("learning rates must be positive and finite")
+    return lr
+
+
 def parse_budgets(specs: list[str], policies: list[str]) -> dict[str, list[int]]:
     """``["uniform=4000,8000", "predicted_learnability=3000"]`` -> ``{policy: [steps, ...]}`` (sorted)."""
-    budgets: dict[str, list[int]] = {}
-    for spec in specs:
-        policy, sep, steps = (part.strip() for part in spec.partition("="))
-        if not sep or not policy or not steps:
-            raise ValueError(f"a budget is POLICY=STEPS[,STEPS...], got {spec!r}")
-        if policy not in policies:
-            raise ValueError(f"budget {spec!r} names policy {policy!r}, which is not among the policies run ({', '.join(policies)})")
-        if policy in budgets:
-            raise ValueError(f"policy {policy!r} has two budget lists; give them in one: {policy}=A,B")
-        try:
-            values = [int(value) for value in steps.split(",")]
-        except ValueError:
-            raise ValueError(f"budget {spec!r}: budgets are whole numbers of steps") from None
-        if min(values) < 1 or len(set(values)) < len(values):
-            raise ValueError(f"budget {spec!r}: budgets must be distinct positive step counts")
-        budgets[policy] = sorted(values)
-    return budgets
+    return _per_policy(specs, policies, "budget", "STEPS", _steps)
+
+
+def parse_learning_rates(specs: list[str], policies: list[str]) -> dict[str, list[float]]:
+    """``["uniform=0.001,0.0005", "predicted_learnability=0.002"]`` -> ``{policy: [lr, ...]}`` (sorted)."""
+    return _per_policy(specs, policies, "learning rate", "LR", _learning_rate)
 
 
 def best_budget(runs: dict[str, list[RunSummary]]) -> str:
@@ -277,16 +306,25 @@ def best_budget(runs: dict[str, list[RunSummary]]) -> str:
 def budget_table(runs: dict[str, list[RunSummary]], budgets: dict[str, int]) -> str:
     """Every run (a policy over its own budget) against uniform's best budget, seed by seed: its best and
     final metric, its lead over uniform of the same budget, and the steps and training seconds it takes to
-    reach the best of uniform's best budget, with the speed-ups over that uniform run's own."""
+    reach the best of uniform's best budget, with the speed-ups over that uniform run's own. Where uniform
+    ran one budget at several learning rates, "same budget" is its best of them."""
     target = best_budget(runs)
     base = {r.seed: r for r in runs[target]}
-    uniform_at = {budgets[label]: rs for label, rs in runs.items() if rs[0].policy == "uniform"}
     comparison = runs[target][0].comparison
+    sign = 1.0 if comparison.mode == "max" else -1.0
+    uniform_at: dict[int, list[RunSummary]] = {}
+    for label, rs in runs.items():
+        best_so_far = uniform_at.get(budgets[label])
+        if rs[0].policy == "uniform" and (
+            best_so_far is None or sign * statistics.fmean(r.best for r in rs) > sign * statistics.fmean(r.best for r in best_so_far)
+        ):
+            uniform_at[budgets[label]] = rs
     digits, scale = comparison.digits_scale
     name = comparison.label
+    its_run = f"its {budgets[target]}-step run" if target == f"uniform_{budgets[target]}" else f"its run {target}"
     header = (
         f"| run | policy | budget (steps) | best {name} | at step | final {name} | vs uniform, same budget | "
-        f"training seconds | steps to uniform's best (its {budgets[target]}-step run) | speed-up (steps) | "
+        f"training seconds | steps to uniform's best ({its_run}) | speed-up (steps) | "
         "seconds to it | speed-up (time) | overhead % of large step | noisy share selected (base) | Spearman (explore) |"
     )
     rows = [header, "|" + "---|" * 15]
@@ -372,6 +410,7 @@ def _run_one(
     reuse: bool = False,
     max_steps: int | None = None,
     evals_per_run: int | None = None,
+    lr: float | None = None,
 ) -> RunSummary:
     from .loop import train
 
@@ -383,6 +422,8 @@ def _run_one(
     cfg.train.progress = False
     if max_steps is not None:
         cfg.train.max_steps = max_steps
+    if lr is not None:
+        cfg.train.lr = lr
     if evals_per_run:
         cfg.train.eval_every = max(1, cfg.train.max_steps // evals_per_run)
     for key, value in overrides.items():
@@ -419,6 +460,7 @@ def run_bench(
     reuse: bool = False,
     budgets: dict[str, list[int]] | None = None,
     evals_per_run: int | None = None,
+    learning_rates: dict[str, list[float]] | None = None,
 ) -> dict[str, list[RunSummary]]:
     """Run every policy for every seed (in that order, seeds outermost), then write the reports. With
     ``reuse``, a run whose folder already holds a finished run of the same resolved config is read back,
@@ -426,9 +468,11 @@ def run_bench(
 
     ``budgets`` maps a policy to the ``train.max_steps`` it runs over, each run with its own schedule
     (policies not named run over the recipe's); the runs are then named ``POLICY_STEPS`` and compared with
-    uniform's best budget (:func:`budget_table`). ``evals_per_run`` sets ``train.eval_every`` to
-    ``max_steps // evals_per_run`` in every run, so runs of different budgets are read at the same
-    resolution of their schedules.
+    uniform's best budget (:func:`budget_table`). ``learning_rates`` maps a policy to the ``train.lr`` values
+    it runs with (the recipe's for policies not named), so each policy is read at its own best learning rate:
+    the runs are named ``POLICY_STEPS_lrLR`` and uniform's best run over its budgets and learning rates is the
+    baseline. ``evals_per_run`` sets ``train.eval_every`` to ``max_steps // evals_per_run`` in every run, so
+    runs of different budgets are read at the same resolution of their schedules.
     """
     comparison = comparison_for(config, metric, mode, smooth)
     if "uniform" not in policies:
@@ -437,26 +481,34 @@ def run_bench(
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     if evals_per_run is not None and evals_per_run < 1:
         raise ValueError(f"--evals-per-run must be at least 1, got {evals_per_run}")
-    if budgets and sweep_ratios:
-        raise ValueError("--budget and --sweep cannot be combined: run the sweep at one budget")
-    unknown = sorted(set(budgets or {}) - set(policies))
-    if unknown:
-        raise ValueError(f"budgets given for {', '.join(unknown)}, not among the policies run ({', '.join(policies)})")
+    if (budgets or learning_rates) and sweep_ratios:
+        raise ValueError("--budget and --lr cannot be combined with --sweep: run the sweep at one budget and learning rate")
+    for name, given in (("budgets", budgets), ("learning rates", learning_rates)):
+        unknown = sorted(set(given or {}) - set(policies))
+        if unknown:
+            raise ValueError(f"{name} given for {', '.join(unknown)}, not among the policies run ({', '.join(policies)})")
+    per_run = bool(budgets or learning_rates)
     steps_of = {p: (budgets or {}).get(p, [config.train.max_steps]) for p in policies}
-    label_of = (lambda p, steps: f"{p}_{steps}") if budgets else (lambda p, steps: p)
+    lrs_of = {p: (learning_rates or {}).get(p, [None]) for p in policies}
+
+    def label_of(policy: str, steps: int, lr: float | None) -> str:
+        if not per_run:
+            return policy
+        return f"{policy}_{steps}" + ("" if lr is None else f"_lr{lr:g}")
+
+    grid = [(p, steps, lr) for p in policies for steps in steps_of[p] for lr in lrs_of[p]]
     out = Path(out_dir) if out_dir else Path(config.output_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[RunSummary]] = {label_of(p, steps): [] for p in policies for steps in steps_of[p]}
-    budget_of = {label_of(p, steps): steps for p in policies for steps in steps_of[p]}
+    runs: dict[str, list[RunSummary]] = {label_of(*run): [] for run in grid}
+    budget_of = {label_of(*run): run[1] for run in grid}
     for seed in range(seeds):
-        for policy in policies:
-            for steps in steps_of[policy]:
-                label = label_of(policy, steps)
-                if is_main_process():
-                    print(f"bench: {label} seed {seed}", flush=True)
-                runs[label].append(
-                    _run_one(config, policy, seed, out / label / f"seed{seed}", {}, comparison, reuse, steps, evals_per_run)
-                )
+        for policy, steps, lr in grid:
+            label = label_of(policy, steps, lr)
+            if is_main_process():
+                print(f"bench: {label} seed {seed}", flush=True)
+            runs[label].append(
+                _run_one(config, policy, seed, out / label / f"seed{seed}", {}, comparison, reuse, steps, evals_per_run, lr)
+            )
     sel = config.selection
     noise = f", label_noise={config.data.label_noise}" if comparison.metric == METRIC else ""
     if budgets:
@@ -464,6 +516,11 @@ def run_bench(
         steps_text += " steps (each run its own schedule)"
     else:
         steps_text = f"max_steps={config.train.max_steps}"
+    if learning_rates:
+        steps_text += ", learning rates " + "; ".join(
+            f"{p} {', '.join(f'{lr:g}' for lr in lrs_of[p]) if lrs_of[p] != [None] else f'{config.train.lr:g}'}"
+            for p in policies
+        )
     evals = f", {evals_per_run} evals per run" if evals_per_run else ""
     heading = (
         f"Recipe task={config.task}{noise}, B={sel.candidate_batch_size}, k={sel.keep}, "
@@ -471,8 +528,8 @@ def run_bench(
         f"{comparison.metric} ({'higher' if comparison.mode == 'max' else 'lower'} is better), "
         f"smoothed over {comparison.smooth} eval(s)\n\n"
     )
-    baseline = best_budget(runs) if budgets else "uniform"
-    report = heading + (budget_table(runs, budget_of) if budgets else bench_table(runs))
+    baseline = best_budget(runs) if per_run else "uniform"
+    report = heading + (budget_table(runs, budget_of) if per_run else bench_table(runs))
     report += "\nPer-step time split (mean over evals and seeds):\n\n" + time_split_table(runs)
     if targets:
         report += "\nSteps and seconds to fixed targets (mean ± std over seeds; speed-up vs " + baseline + "):\n\n"

@@ -31,11 +31,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import parse_budgets, run_bench
+    from .bench import parse_budgets, parse_learning_rates, run_bench
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:
         budgets = parse_budgets(args.budget, policies)
+        learning_rates = parse_learning_rates(args.lr, policies)
     except ValueError as exc:
         print(f"online-select bench: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +54,7 @@ def _bench(args: argparse.Namespace) -> int:
         reuse=args.reuse,
         budgets=budgets or None,
         evals_per_run=args.evals_per_run,
+        learning_rates=learning_rates or None,
     )
     return 0
 
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", action="append", default=[], metavar="POLICY=STEPS[,STEPS...]",
         help="run POLICY over these train.max_steps, each with its own schedule (repeat per policy); the table then "
         "reads every run against uniform's best budget, e.g. --budget uniform=4000,8000 --budget predicted_learnability=3000",
+    )
+    bench.add_argument(
+        "--lr", action="append", default=[], metavar="POLICY=LR[,LR...]",
+        help="run POLICY with each of these train.lr (repeat per policy), so each policy is read at its own best "
+        "learning rate; the table then reads every run against uniform's best run over its budgets and learning rates, "
+        "e.g. --lr uniform=0.0005,0.001 --lr predicted_learnability=0.002",
     )
     bench.add_argument(
         "--evals-per-run", type=int, default=None, metavar="N",

@@ -187,8 +187,8 @@ def test_budget_table_reads_every_run_against_uniforms_best_budget():
         (["uniform=1000", "uniform=2000"], "two budget lists"),
         (["large_loss=100"], "not among the policies run"),
         (["uniform=1e3"], "whole numbers"),
-        (["uniform=100,100"], "distinct positive"),
-        (["uniform=0"], "distinct positive"),
+        (["uniform=100,100"], "must be distinct"),
+        (["uniform=0"], "at least 1"),
     ],
 )
 def test_bad_budgets_are_named(specs, message, capsys):
@@ -200,6 +200,48 @@ def test_bad_budgets_are_named(specs, message, capsys):
         "uniform": [4000, 8000], "predicted_learnability": [3000]}
     assert main(["bench", str(RECIPE), *[arg for spec in specs for arg in ("--budget", spec)]]) == 2
     assert "online-select bench:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        (["uniform"], "POLICY=LR"),
+        (["uniform=0.001", "uniform=0.002"], "two learning rate lists"),
+        (["large_loss=0.001"], "not among the policies run"),
+        (["uniform=fast"], "'fast' is not a number"),
+        (["uniform=0"], "positive and finite"),
+        (["uniform=nan"], "positive and finite"),
+        (["uniform=0.001,1e-3"], "must be distinct"),
+    ],
+)
+def test_bad_learning_rates_are_named(specs, message, capsys):
+    from online_select.bench import parse_learning_rates
+
+    with pytest.raises(ValueError, match=message):
+        parse_learning_rates(specs, ["uniform", "predicted_learnability"])
+    assert parse_learning_rates(["uniform=0.001,5e-4", "predicted_learnability = 0.002"], ["uniform", "predicted_learnability"]) == {
+        "uniform": [0.0005, 0.001], "predicted_learnability": [0.002]}
+    assert main(["bench", str(RECIPE), *[arg for spec in specs for arg in ("--lr", spec)]]) == 2
+    assert "online-select bench:" in capsys.readouterr().err
+
+
+def test_bench_learning_rates_run_each_policy_at_its_own(tiny_idx_folder, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", str(RECIPE), "--policies", "uniform,predicted_learnability", "--out", str(out),
+            "--budget", "uniform=20", "--lr", "uniform=0.001,0.003", "--lr", "predicted_learnability=0.002",
+            "--evals-per-run", "2"]
+    assert main(args + _small(tiny_idx_folder, tmp_path / "runs")) == 0
+    labels = {"uniform_20_lr0.001": 0.001, "uniform_20_lr0.003": 0.003, "predicted_learnability_30_lr0.002": 0.002}
+    for label, lr in labels.items():
+        config = yaml.safe_load((out / label / "seed0" / "config.yaml").read_text())
+        assert config["train"]["lr"] == lr
+    table = (out / "bench.md").read_text()
+    assert "learning rates uniform 0.001, 0.003; predicted_learnability 0.002" in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ") and "_lr" in line and not line.startswith("| run |")}
+    assert set(rows) == set(labels)
+    best = max((label for label in labels if label.startswith("uniform")),
+               key=lambda label: json.loads((out / "bench.json").read_text())[label][0]["best"])
+    assert f"steps to uniform's best (its run {best})" in table
 
 
 def test_bench_requires_uniform(tiny_idx_folder, tmp_path):
