@@ -311,14 +311,11 @@ def budget_table(runs: dict[str, list[RunSummary]], budgets: dict[str, int]) -> 
     target = best_budget(runs)
     base = {r.seed: r for r in runs[target]}
     comparison = runs[target][0].comparison
-    sign = 1.0 if comparison.mode == "max" else -1.0
-    uniform_at: dict[int, list[RunSummary]] = {}
-    for label, rs in runs.items():
-        best_so_far = uniform_at.get(budgets[label])
-        if rs[0].policy == "uniform" and (
-            best_so_far is None or sign * statistics.fmean(r.best for r in rs) > sign * statistics.fmean(r.best for r in best_so_far)
-        ):
-            uniform_at[budgets[label]] = rs
+    uniform_budgets = {budgets[label] for label, rs in runs.items() if rs[0].policy == "uniform"}
+    uniform_at = {
+        steps: runs[best_budget({label: rs for label, rs in runs.items() if budgets[label] == steps})]
+        for steps in uniform_budgets
+    }
     digits, scale = comparison.digits_scale
     name = comparison.label
     its_run = f"its {budgets[target]}-step run" if target == f"uniform_{budgets[target]}" else f"its run {target}"
