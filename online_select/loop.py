@@ -8,7 +8,7 @@ numbers to Accelerate trackers (W&B offline unless ``logging.wandb_mode=online``
 ``wall_s`` counts training time from the start of the run, selection and reference building
 included, evaluation and checkpointing excluded. With ``logging.trace=true`` it also writes
 ``output_dir/selection_trace.jsonl``: every step's selected sample ids, loss weights, exploration
-flags and observed losses (all processes' samples).
+flags and observed losses (all processes' samples; with ``selection.plan_steps > 1`` one line per plan).
 
 Under ``accelerate launch`` or ``torchrun`` every process runs this loop on its own shard of each
 candidate batch (``selection.candidate_batch_size`` and ``selection.keep`` are per process); counts
@@ -172,13 +172,16 @@ class _Tally:
         self.rejected = 0
         self.rejected_noisy = 0
 
-    def add(self, candidate: dict, selected: dict, noise_key: str | None, label_key: str | None) -> None:
+    def add(self, candidate: dict | None, selected: dict, noise_key: str | None, label_key: str | None) -> None:
+        """Count a step's selected samples, and its candidates unless None (a plan's later steps)."""
         self.selected += len(selected["id"])
-        self.candidates += len(candidate["id"])
-        if noise_key and noise_key in candidate:
+        if candidate is not None:
+            self.candidates += len(candidate["id"])
+        if noise_key and noise_key in selected:
             self.selected_noisy += int(selected[noise_key].sum())
-            self.candidates_noisy += int(candidate[noise_key].sum())
-        if label_key and label_key in candidate and self.num_classes:
+            if candidate is not None:
+                self.candidates_noisy += int(candidate[noise_key].sum())
+        if label_key and label_key in selected and self.num_classes:
             counts = torch.bincount(selected[label_key].cpu(), minlength=self.num_classes)
             self.class_counts += counts[: self.num_classes]
 
@@ -322,6 +325,9 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if k > sel_cfg.candidate_batch_size:
         raise ValueError(f"selection.keep={k} exceeds selection.candidate_batch_size={sel_cfg.candidate_batch_size}")
 
+    plan_steps = 1 if uniform else sel_cfg.plan_steps
+    _check_plan(plan_steps, config, int(os.environ.get("WORLD_SIZE", "1")))
+
     task = task or build_task(config)
     model = task.large_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -344,7 +350,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
         selector.reference.save(out_dir / "reference.safetensors")
-    refresh_steps = _refresh_steps(config, task, selector, k * accelerator.num_processes)
+    refresh_steps = _refresh_steps(config, task, selector, k * accelerator.num_processes, plan_steps)
     if config.reference.refresh_at == "auto" and accelerator.is_main_process:
         chosen = f"one refresh, at step {min(refresh_steps)}" if refresh_steps else (
             f"no refresh (it pays on runs of {AUTO_REFRESH_EPOCHS:g}+ epochs with a policy that keeps a loss memory)")
@@ -353,7 +359,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     temperature_at = _temperature_schedule(config)
     telemetry = telemetry_from_config(config, task, selector, large_loss_fn)  # None: logging.telemetry=false
     # The uniform baseline loads only the k samples it trains on, as a plain loop would.
-    size = k if uniform else sel_cfg.candidate_batch_size
+    size = k if uniform else sel_cfg.candidate_batch_size * plan_steps
     loader = _train_loader(task, size, config.seed, accelerator.process_index, accelerator.num_processes)
 
     # The clock starts with the time spent building the reference and scorer (counted as training).
@@ -420,6 +426,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     def trace(step: int) -> None:
         if accelerator.is_main_process:
             record = {key: value.tolist() for key, value in selector.last_step.items() if value is not None}
+            if plan_steps > 1:  # one line per plan, ending at `step`, its steps' samples in order
+                record["plan_steps"] = plan_steps
             with open(trace_path, "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
 
@@ -455,18 +463,26 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
 
         progress = tqdm(total=config.train.max_steps, initial=start_step, desc=f"{sel_cfg.policy}", dynamic_ncols=True)
     model.train()
+    parts: list = []  # the steps of the current plan not trained yet (selection.plan_steps)
+    plan_split: dict[str, float] = {}  # the time split summed over the plan's steps so far
     for step in range(start_step + 1, config.train.max_steps + 1):
         t0 = time.perf_counter()
-        candidate = next(loader)
-        t1 = time.perf_counter()
-        if temperature_at is not None:
-            selector.temperature = temperature_at(step)
-        selected = selector.select(candidate)
-        select_s = time.perf_counter() - t1
-        if telemetry is not None and telemetry.audit_due(step):
-            clock.pause()  # audits are telemetry: excluded from training time
-            telemetry.audit(candidate, selected)
-            clock.resume()
+        plan_start = not parts
+        if plan_start:
+            candidate = next(loader)
+            t1 = time.perf_counter()
+            if temperature_at is not None:
+                selector.temperature = temperature_at(step)
+            parts = selector.select_plan(candidate, plan_steps)
+            select_s = time.perf_counter() - t1  # the plan's, counted at its first step
+            whole = parts[0].plan.selected if plan_steps > 1 else parts[0]
+            if telemetry is not None and telemetry.audit_due(step):
+                clock.pause()  # audits are telemetry: excluded from training time
+                telemetry.audit(candidate, whole)
+                clock.resume()
+        else:
+            t1, select_s = t0, 0.0
+        selected = parts.pop(0)
         t2 = time.perf_counter()
         losses = task.loss(model, _to_device(selected.batch, device))
         loss = selector.observe(selected, losses)
@@ -479,14 +495,16 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         split = {"load": t1 - t0, "select": select_s, "large": (t4 - t2) - observe_s, "observe": observe_s}
         for name, seconds in split.items():
             tally.time[name] += seconds
+            plan_split[name] = (0.0 if plan_start else plan_split[name]) + seconds
         tally.steps += 1
-        tally.add(candidate, selected.batch, task.noise_key, task.label_key)
-        tally.add_rejected(selector.last_step.get("rejected_ids"), selected.batch, task.noise_key)
+        tally.add(candidate if plan_start else None, selected.batch, task.noise_key, task.label_key)
+        if not parts:  # the plan's last step: the selector has learnt from all of them
+            tally.add_rejected(selector.last_step.get("rejected_ids"), whole.batch, task.noise_key)
+            if telemetry is not None:
+                telemetry.record_step(candidate, whole, plan_split, plan_steps)
         if step in refresh_steps:
             refresh_reference(step)
-        if telemetry is not None:
-            telemetry.record_step(candidate, selected, split)
-        if config.logging.trace:
+        if config.logging.trace and not parts:
             trace(step)
         if progress is not None:
             progress.update(1)
@@ -542,8 +560,24 @@ AUTO_REFRESH_AT = 0.25
 AUTO_REFRESH_EPOCHS = 3.0
 
 
-def _refresh_steps(config: Config, task: Task, selector: OnlineSelector, samples_per_step: int) -> set[int]:
-    """The steps at which the large model re-judges the labels it has not trained on (reference.refresh_at)."""
+def _check_plan(plan_steps: int, config: Config, world_size: int) -> None:
+    """selection.plan_steps: checkpoints and the run's end fall between plans; one process."""
+    if plan_steps < 1:
+        raise ValueError(f"selection.plan_steps must be >= 1, got {plan_steps}")
+    if plan_steps == 1:
+        return
+    if world_size > 1:
+        raise ValueError("selection.plan_steps > 1 runs in one process; set it to 1 under accelerate launch or torchrun")
+    for key, steps in (("train.max_steps", config.train.max_steps), ("train.checkpoint_every", config.train.checkpoint_every)):
+        if steps % plan_steps:
+            raise ValueError(f"{key}={steps} must be a multiple of selection.plan_steps={plan_steps} (checkpoints fall between plans)")
+
+
+def _refresh_steps(
+    config: Config, task: Task, selector: OnlineSelector, samples_per_step: int, plan_steps: int = 1
+) -> set[int]:
+    """The steps at which the large model re-judges the labels it has not trained on (reference.refresh_at);
+    with plans, the end of the plan each falls in (the loss memory knows the plan's samples only then)."""
     fractions = config.reference.refresh_at
     if fractions == "auto":
         fractions = _auto_refresh(config, task, selector, samples_per_step)
@@ -558,7 +592,7 @@ def _refresh_steps(config: Config, task: Task, selector: OnlineSelector, samples
     missing = _refresh_needs(task, selector)
     if missing:
         raise ValueError(f"reference.refresh_at needs {missing}")
-    return {max(1, round(f * config.train.max_steps)) for f in fractions}
+    return {plan_steps * math.ceil(max(1, round(f * config.train.max_steps)) / plan_steps) for f in fractions}
 
 
 def _refresh_needs(task: Task, selector: OnlineSelector) -> str | None:

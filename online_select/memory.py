@@ -59,13 +59,18 @@ class LossMemory:
         self.last_step = torch.cat([self.last_step, torch.zeros(extra, dtype=torch.long)])
         self.count = torch.cat([self.count, torch.zeros(extra, dtype=torch.long)])
 
-    def update(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
-        """Record ``losses`` observed for ``ids`` at ``step`` (non-finite losses are not recorded)."""
+    def update(self, ids: torch.Tensor, losses: torch.Tensor, step: int | torch.Tensor) -> None:
+        """Record ``losses`` observed for ``ids`` at ``step`` (one for all, or one per id; non-finite
+        losses are not recorded)."""
         ids, max_id = checked_ids_and_max(ids, losses.numel())
         losses = losses.detach().float().cpu()
+        if isinstance(step, torch.Tensor) and step.shape != ids.shape:
+            raise ValueError(f"expected one step per id ({ids.numel()}), got shape {tuple(step.shape)}")
         keep = torch.isfinite(losses)
         if not bool(keep.all()):
             ids, losses = ids[keep], losses[keep]
+            if isinstance(step, torch.Tensor):
+                step = step[keep]
             max_id = int(ids.max()) if ids.numel() else -1
         if ids.numel() == 0:
             return

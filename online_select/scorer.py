@@ -104,6 +104,7 @@ class Scorer:
         self.update_every = int(update_every)
         self.memory = LossMemory()
         self._pending: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
+        self._pending_observations = 0
         self.norm: RunningNorm | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.num_features: int | None = None
@@ -188,11 +189,15 @@ class Scorer:
         features: torch.Tensor,
         observed_loss: torch.Tensor,
         ids: torch.Tensor | None,
-        step: int,
+        step: int | torch.Tensor,
         batch: Any | None = None,
+        observations: int = 1,
     ) -> float:
         """Record the observed losses in the memory and learn from them: one optimisation step now, or,
-        with ``update_every=m``, one step on the last m observations together once m have arrived."""
+        with ``update_every=m``, one step on the last m observations together once m have arrived.
+
+        ``observations``: how many steps' observations these rows are (a plan's steps arrive together);
+        ``step``: the step they were observed at, or one per row."""
         observed_loss = observed_loss.detach().float().cpu()
         if self.use_memory and ids is not None:
             self.memory.update(ids, observed_loss, step)
@@ -204,9 +209,10 @@ class Scorer:
             if self.update_every > 1 and not isinstance(model_input, torch.Tensor):
                 raise TypeError("update_every > 1 with a scorer model needs model_input(batch) to be a tensor")
         self._pending.append((features, observed_loss, model_input))
-        if len(self._pending) < self.update_every:
+        self._pending_observations += observations
+        if self._pending_observations < self.update_every:
             return self.last_loss
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_observations = self._pending, [], 0
         if len(pending) > 1:  # with update_every=1 the step's own tensors are used as they are, not copied
             features = torch.cat([f for f, _, _ in pending])
             observed_loss = torch.cat([o for _, o, _ in pending])
@@ -249,6 +255,7 @@ class Scorer:
             "pending_features": [f for f, _, _ in self._pending],
             "pending_losses": [o for _, o, _ in self._pending],
             "pending_inputs": [m for _, _, m in self._pending if m is not None],
+            "pending_observations": self._pending_observations,
         }
         if self.num_features is not None:
             state["head"] = self.head.state_dict()
@@ -264,6 +271,7 @@ class Scorer:
         self.last_loss = float(state.get("last_loss", float("nan")))
         inputs = state.get("pending_inputs") or [None] * len(state.get("pending_features", []))
         self._pending = list(zip(state.get("pending_features", []), state.get("pending_losses", []), inputs))
+        self._pending_observations = int(state.get("pending_observations", len(self._pending)))
         if self.model is not None and "model" in state:
             self.model.load_state_dict(state["model"])
         if state.get("num_features") is not None:

@@ -3,6 +3,11 @@
     selected = selector.select(candidate_batch, ids=ids)   # the k samples to train on
     losses = loss_fn(model(selected.batch), ...)          # per-sample, reduction="none"
     loss = selector.observe(selected, losses)             # weighted mean; the scorer learns
+
+or, to select once for several steps (fewer small ops per step; one process):
+
+    for part in selector.select_plan(candidate_batch, steps=4):   # 4 steps' candidates at once
+        loss = selector.observe(part, loss_fn(model(part.batch), ...))
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .batch import batch_size, take
+from .batch import batch_size, map_fields, take
 from .distributed import (
     MODES,
     DistributedSelectionError,
@@ -96,6 +101,7 @@ class SelectedBatch:
     eligible: torch.Tensor | None = field(default=None, repr=False)
     timings: dict = field(default_factory=dict)
     selection_order: torch.Tensor | None = field(default=None, repr=False)
+    plan: _Plan | None = field(default=None, repr=False)
 
     @property
     def k(self) -> int:
@@ -114,6 +120,24 @@ class SelectedBatch:
         if per_candidate is None or self.selection_order is not None:
             return per_candidate
         return per_candidate[self.indices]
+
+
+@dataclass
+class _Plan:
+    """One selection over several steps' candidates (:meth:`OnlineSelector.select_plan`): the whole
+    selection, its per-step parts, and the losses observed on the parts so far."""
+
+    selected: SelectedBatch
+    parts: list[SelectedBatch]
+    observed: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.parts)
+
+    @property
+    def open(self) -> bool:
+        return len(self.observed) < self.steps
 
 
 @dataclass
@@ -319,6 +343,7 @@ class OnlineSelector:
         self._flat_warned = False
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
+        self._plan: _Plan | None = None
 
     @property
     def flat_score_steps(self) -> int:
@@ -364,6 +389,7 @@ class OnlineSelector:
         Across several processes every process must call this (and :meth:`observe`) once per step.
         """
         start = time.perf_counter()
+        self._check_no_open_plan()
         n = batch_size(candidate_batch)
         ids = self._ids(candidate_batch, ids, n)
         group = self._process_group()
@@ -375,6 +401,65 @@ class OnlineSelector:
         selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
         selected.eligible = eligible
         return selected
+
+    def select_plan(self, candidate_batch: Any, steps: int, ids: Any = None) -> list[SelectedBatch]:
+        """Select for ``steps`` training steps at once from their candidates together (``steps x B``
+        samples), and split the picks at random into ``steps`` parts of k, one per step.
+
+        Observe each part with :meth:`observe`, in the order given, before the next :meth:`select` or
+        ``select_plan``: each returns its step's loss, and the scorer, memory and rejection learn from
+        all the parts together once the last is observed. One selection and one update per plan instead
+        of per step cut the selector's many small tensor ops (they, not arithmetic, are its cost on a
+        CPU); the price is scores up to ``steps - 1`` steps stale. One process only.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"a plan needs a whole number of steps >= 1, got {steps!r}")
+        if steps == 1:
+            return [self.select(candidate_batch, ids)]
+        start = time.perf_counter()
+        self._check_no_open_plan()
+        if self._process_group() is not None:
+            raise ValueError("select_plan runs in one process; across processes call select() at every step")
+        n = batch_size(candidate_batch)
+        if n % steps:
+            raise ValueError(f"a plan of {steps} steps needs a candidate batch divisible into {steps} steps' candidates, got {n}")
+        per_step = resolve_keep(self.keep, n // steps)
+        ids = self._ids(candidate_batch, ids, n)
+        signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
+        scores, selection, eligible = self._choose(signals, per_step * steps)
+        order = torch.randperm(selection.k, generator=self.generator)  # spread explored picks over the steps
+        whole = Selection(selection.indices[order], selection.weights[order], selection.explored[order], n)
+        selected = self._package(candidate_batch, whole, scores, ids, features, predicted, reference_loss, start)
+        selected.eligible = eligible
+        select_s = selected.timings["select_s"]
+        parts = []
+        for i in range(steps):
+            rows = slice(i * per_step, (i + 1) * per_step)
+            part = SelectedBatch(
+                batch=map_fields(selected.batch, lambda _, value, rows=rows: value[rows]),
+                indices=selected.indices[rows],
+                weights=selected.weights[rows],
+                explored=selected.explored[rows],
+                scores=scores,
+                ids=ids,
+                candidate_batch_size=n,
+                step=self.step + i,
+                features=features,
+                predicted_loss=predicted,
+                reference_loss=reference_loss,
+                eligible=eligible,
+                timings={"select_s": select_s / steps},
+            )
+            parts.append(part)
+        self._plan = _Plan(selected, list(parts))
+        for part in parts:
+            part.plan = self._plan
+        return parts
+
+    def _check_no_open_plan(self) -> None:
+        if self._plan is not None and self._plan.open:
+            left = self._plan.steps - len(self._plan.observed)
+            raise RuntimeError(f"{left} part(s) of the last select_plan are not observed yet; observe them first")
 
     def _signals(
         self, candidate_batch: Any, ids: torch.Tensor | None, n: int
@@ -574,19 +659,48 @@ class OnlineSelector:
         start = time.perf_counter()
         losses = check_per_sample_loss(losses, selected.k, "per-sample loss")
         observed = losses.detach().float().cpu()
+        if selected.plan is not None:
+            return self._observe_part(selected, losses, observed, start)
         group = self._process_group()
         view = self._view(selected, observed) if group is None else self._gather_view(group, selected, observed)
-        finite = torch.isfinite(view.losses)
+        finite, keep = self._finite(view.losses)
+        self._learn(view, finite, keep, 1, selected, start)
+        return self._loss(selected.weights, losses, observed, view.losses, finite, keep, group)
+
+    def _observe_part(self, part: SelectedBatch, losses: torch.Tensor, observed: torch.Tensor, start: float) -> torch.Tensor:
+        """One step of a plan: its loss now; the learning from all the plan's steps once the last is in."""
+        plan = part.plan
+        if not plan.open or plan.parts[len(plan.observed)] is not part:
+            raise RuntimeError("observe the parts of a select_plan once each, in the order it returned them")
+        finite, keep = self._finite(observed)
+        plan.observed.append(observed)
+        if not plan.open:
+            view = self._view(plan.selected, torch.cat(plan.observed))
+            all_finite = torch.isfinite(view.losses)
+            self._learn(view, all_finite, None if bool(all_finite.all()) else all_finite.nonzero()[:, 0], plan.steps, part, start)
+        else:
+            part.timings["observe_s"] = time.perf_counter() - start
+        return self._loss(part.weights, losses, observed, observed, finite, keep, None)
+
+    def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The finite mask of a step's losses and the rows to keep (None: all); raises or counts the others."""
+        finite = torch.isfinite(losses)
         n_bad = int((~finite).sum())
-        if n_bad:
-            if self.on_nonfinite == "raise":
-                raise NonFiniteLossError(
-                    f"{n_bad} of {view.losses.numel()} per-sample losses are NaN or infinite at step {self.step}; "
-                    "pass on_nonfinite='skip' to drop them from the update and count them instead"
-                )
-            self.nonfinite_losses += n_bad
-        kept = view.losses.numel() - n_bad
-        keep = finite.nonzero()[:, 0] if n_bad else None
+        if not n_bad:
+            return finite, None
+        if self.on_nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"{n_bad} of {losses.numel()} per-sample losses are NaN or infinite at step {self.step}; "
+                "pass on_nonfinite='skip' to drop them from the update and count them instead"
+            )
+        self.nonfinite_losses += n_bad
+        return finite, finite.nonzero()[:, 0]
+
+    def _learn(
+        self, view: _StepView, finite: torch.Tensor, keep: torch.Tensor | None, steps: int, timed: SelectedBatch, start: float
+    ) -> None:
+        """The scorer, memory, proxy and rejection learn from ``steps`` steps' observed losses (``view``)."""
+        kept = view.losses.numel() if keep is None else keep.numel()
 
         def kept_rows(rows: torch.Tensor) -> torch.Tensor:
             return rows if keep is None else rows[keep]
@@ -594,7 +708,11 @@ class OnlineSelector:
         if self.scorer is not None and kept:
             sub_ids = None if view.ids is None else kept_rows(view.ids)
             sub_batch = (view.batch if keep is None else take(view.batch, keep)) if self.scorer.model is not None else None
-            self.scorer.update(kept_rows(view.features), kept_rows(view.losses), sub_ids, self.step, sub_batch)
+            step: int | torch.Tensor = self.step
+            if steps > 1:  # each sample observed at the step of its part
+                step = self.step + torch.arange(steps).repeat_interleave(view.losses.numel() // steps)
+                step = kept_rows(step)
+            self.scorer.update(kept_rows(view.features), kept_rows(view.losses), sub_ids, step, sub_batch, observations=steps)
         if self.proxy is not None and kept:
             self.proxy.update(view.batch if keep is None else take(view.batch, keep))
         rejected_ids = None
@@ -602,22 +720,35 @@ class OnlineSelector:
             unlearned = self.reject_unlearned(kept_rows(view.ids), self.reject_after)
             rejected_ids = unlearned.ids[unlearned.rejected]
             self.unlearned_rejected += rejected_ids.numel()
-        selected.timings["observe_s"] = time.perf_counter() - start
-        self._record(view, finite, selected.timings["observe_s"])
+        timed.timings["observe_s"] = time.perf_counter() - start
+        self._record(view, finite, timed.timings["observe_s"], steps)
         self.last_step["rejected_ids"] = rejected_ids
-        self.step += 1
+        self.step += steps
         self.samples_seen += view.candidates
-        weights = selected.weights.to(losses.device, losses.dtype)
+
+    def _loss(
+        self,
+        weights: torch.Tensor,
+        losses: torch.Tensor,
+        observed: torch.Tensor,
+        view_losses: torch.Tensor,
+        finite: torch.Tensor,
+        keep: torch.Tensor | None,
+        group: ProcessGroup | None,
+    ) -> torch.Tensor:
+        """The loss to backpropagate for one step (see :meth:`observe`)."""
+        weights = weights.to(losses.device, losses.dtype)
+        kept = view_losses.numel() if keep is None else keep.numel()
         if self.loss_discount and kept:
             # Normalised over every process's finite losses (the view), so the weights mean the same everywhere.
-            scale = torch.exp(-self.loss_discount * kept_rows(view.losses)).mean()
+            scale = torch.exp(-self.loss_discount * (view_losses if keep is None else view_losses[keep])).mean()
             discount = torch.exp(-self.loss_discount * observed.nan_to_num(0.0)) / scale
             weights = weights * discount.to(losses.device, losses.dtype)
         if group is not None:
             mask = torch.isfinite(observed).to(losses.device)
             scale = group.world_size / max(int(finite.sum()), 1)
             return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() * scale
-        if n_bad:
+        if keep is not None:
             mask = finite.to(losses.device)
             return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() / max(int(mask.sum()), 1)
         return (weights * losses).mean()
@@ -795,8 +926,10 @@ class OnlineSelector:
             batch=batch,
         )
 
-    def _record(self, view: _StepView, finite: torch.Tensor, update_s: float) -> None:
-        summary, explored, losses, select_s = view.summary, view.explored, view.losses, view.select_s
+    def _record(self, view: _StepView, finite: torch.Tensor, update_s: float, steps: int = 1) -> None:
+        """One entry of the stats window (a plan's steps share one, its seconds per step)."""
+        summary, explored, losses = view.summary, view.explored, view.losses
+        select_s, update_s = view.select_s / steps, update_s / steps
         self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored & finite, losses)})
         self.last_step = {"ids": view.ids, "weights": view.weights, "explored": view.explored, "losses": view.losses}
 
@@ -844,6 +977,8 @@ class OnlineSelector:
 
     def state_dict(self) -> dict:
         """Everything needed to continue selection exactly: scorer, proxy, reference, RNG, counters."""
+        if self._plan is not None and self._plan.open:
+            raise RuntimeError("the selector's state is saved between plans: observe every part of the last select_plan first")
         state: dict[str, Any] = {
             "step": self.step,
             "samples_seen": self.samples_seen,

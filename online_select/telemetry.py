@@ -352,10 +352,13 @@ class SelectionTelemetry:
         self._groups: dict[str, list[torch.Tensor]] = {}  # key -> [selected counts, candidate counts]
         self._pending_groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def record_step(self, candidate_batch: Any, selected: SelectedBatch, seconds: dict[str, float] | None = None) -> None:
+    def record_step(
+        self, candidate_batch: Any, selected: SelectedBatch, seconds: dict[str, float] | None = None, steps: int = 1
+    ) -> None:
         """Record one step's selection. Cheap (tens of microseconds): it stores the scores and
         counts; means, quantiles and histograms are computed when :meth:`step_metrics` is called.
-        ``seconds``: the loop's time split of this step, e.g. ``{"large": ..., "select": ...}``."""
+        ``seconds``: the loop's time split of this step, e.g. ``{"large": ..., "select": ...}``;
+        ``steps``: how many training steps the selection was for (a plan's, summed in ``seconds``)."""
         start = time.perf_counter()
         scores = selected.scores.detach().cpu().numpy()
         indices = selected.indices.cpu()
@@ -364,7 +367,7 @@ class SelectionTelemetry:
         self._scores.append(scores[:_MAX_SCORES_PER_STEP].copy())
         self._selected_scores.append(scores[chosen][:_MAX_SCORES_PER_STEP])
         self._rejected_scores.append(scores[~chosen][:_MAX_SCORES_PER_STEP])
-        self._steps += 1
+        self._steps += steps
         self._candidates += selected.candidate_batch_size
         self._large_samples += selected.k
         self._explored += int(selected.explored.sum())

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,3 +165,45 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_p
     (checkpoint / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="written by 2 processes but this run has 1"):
         main(["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={checkpoint}")])
+
+
+def test_plans_resume_exactly_from_a_checkpoint_between_them(tiny_idx_folder, tmp_path):
+    from online_select.cli import main
+
+    plan = ["selection.plan_steps=4", "train.max_steps=24", "train.checkpoint_every=8", "reference.refresh_at=[0.3]"]
+    whole = tmp_path / "whole"
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, whole, *plan)]) == 0
+    trace = _lines(whole / "selection_trace.jsonl")
+    assert [line["step"] for line in trace] == list(range(4, 25, 4))  # one line per plan
+    assert all(line["plan_steps"] == 4 and len(line["ids"]) == 4 * 16 for line in trace)
+    metrics = _lines(whole / "metrics.jsonl")
+    assert [line["step"] for line in metrics] == [0, 8, 10, 20, 24]  # the refresh at 0.3 moves to its plan's end
+    assert metrics[1]["reference/refreshed"] > 0
+    evals = [line for line in metrics if "selection/base_noisy_share" in line]
+    assert evals and all(line["selection/base_noisy_share"] < 0.6 and line["time/select_ms"] > 0 for line in evals)
+
+    # A run that stopped after step 16's checkpoint resumes from it and ends as the whole run did.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(whole, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step-00000024")
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, crashed, *plan, "train.resume=auto")]) == 0
+    assert (crashed / "selection_trace.jsonl").read_text() == (whole / "selection_trace.jsonl").read_text()
+    assert [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")] == [_without_clock(line) for line in metrics]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.max_steps=30"], "train.max_steps=30 must be a multiple of selection.plan_steps=4"),
+        (["train.checkpoint_every=7"], "train.checkpoint_every=7 must be a multiple"),
+        (["selection.plan_steps=0"], "plan_steps must be >= 1"),
+    ],
+)
+def test_plans_that_would_split_a_checkpoint_are_named(tiny_idx_folder, tmp_path, overrides, message):
+    from online_select.config import load_config
+    from online_select.loop import train
+
+    base = ["selection.plan_steps=4", "train.max_steps=24", "train.checkpoint_every=8"]
+    config = load_config(RECIPE, _args(tiny_idx_folder, tmp_path / "run", *base, *overrides))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config)

@@ -338,3 +338,83 @@ def test_a_flat_start_that_ends_does_not_warn():
             selector.select(_batch(start=32 * i))
     assert not [w for w in caught if issubclass(w.category, FlatScoresWarning)]
     assert selector.flat_score_steps == int(0.8 * FLAT_WINDOW)
+
+
+def _train_plans(selector, plans, steps, model=None, opt=None):
+    model = model or torch.nn.Linear(5, 3)
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
+    for plan in range(plans):
+        parts = selector.select_plan(_batch(32 * steps, start=32 * steps * plan), steps=steps)
+        for part in parts:
+            losses = F.cross_entropy(model(part.batch["input"]), part.batch["label"], reduction="none")
+            loss = selector.observe(part, losses)
+            assert torch.allclose(loss, part.weighted_mean(losses))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def test_a_plan_selects_k_per_step_and_learns_once_from_all_its_steps():
+    table = ReferenceTable(torch.rand(1000) * 2)
+    selector = OnlineSelector(keep=0.25, scorer=Scorer(update_every=4), reference=table, label_floor=1 / 3)
+    parts = selector.select_plan(_batch(128), steps=4)
+    assert [part.k for part in parts] == [8, 8, 8, 8] and [part.step for part in parts] == [0, 1, 2, 3]
+    picked = torch.cat([part.indices for part in parts])
+    assert picked.unique().numel() == 32
+    for part in parts:  # each part's batch is its own picks, every field sliced alike
+        assert torch.equal(part.batch["id"], part.ids[part.indices])
+        assert part.batch["text"] == [f"sample {int(i)}" for i in part.batch["id"]]
+    assert 1 <= int(torch.stack([part.explored.sum() for part in parts]).max()) < 4  # spread, not all in one
+    model = torch.nn.Linear(5, 3)
+    for i, part in enumerate(parts):
+        assert selector.step == 0 and len(selector.scorer.memory) == 0  # nothing learnt before the last part
+        losses = F.cross_entropy(model(part.batch["input"]), part.batch["label"], reduction="none")
+        selector.observe(part, losses.detach())
+    assert selector.step == 4 and selector.scorer.updates == 1 and len(selector.scorer.memory) == 32
+    assert selector.stats()["selection/samples_seen"] == 128
+    _, last_step, count = selector.scorer.memory.lookup(torch.cat([part.selected_ids for part in parts]))
+    assert last_step.tolist() == [step for step in range(4) for _ in range(8)] and count.eq(1).all()
+
+
+def test_plans_train_like_steps():
+    torch.manual_seed(0)
+    planned = _selector()
+    _train_plans(planned, 5, steps=4)
+    assert planned.step == 20 and planned.scorer.updates == 5 and len(planned.scorer.memory) == 160
+    stats = planned.stats()
+    assert stats["selection/samples_seen"] == 640 and "selection/spearman_explore" in stats
+    # A plan of one step is a plain select.
+    single = _selector()
+    assert single.select_plan(_batch(), steps=1)[0].plan is None
+
+
+def test_plan_misuse_is_named():
+    selector = _selector()
+    with pytest.raises(ValueError, match="divisible"):
+        selector.select_plan(_batch(30), steps=4)
+    with pytest.raises(ValueError, match="whole number of steps"):
+        selector.select_plan(_batch(32), steps=0)
+    parts = selector.select_plan(_batch(64), steps=2)
+    with pytest.raises(RuntimeError, match="in the order"):
+        selector.observe(parts[1], torch.ones(8))
+    with pytest.raises(RuntimeError, match="not observed yet"):
+        selector.select(_batch())
+    with pytest.raises(RuntimeError, match="between plans"):
+        selector.state_dict()
+    with pytest.raises(NonFiniteLossError, match="NaN"):
+        selector.observe(parts[0], torch.tensor([float("nan")] + [1.0] * 7))
+    for part in parts:
+        selector.observe(part, torch.ones(8))
+    with pytest.raises(RuntimeError, match="once each"):
+        selector.observe(parts[1], torch.ones(8))
+    assert selector.step == 2 and "scorer" in selector.state_dict()
+
+
+def test_a_plan_skips_nonfinite_losses_when_told():
+    selector = _selector(on_nonfinite="skip")
+    parts = selector.select_plan(_batch(64), steps=2)
+    bad = torch.tensor([float("nan")] + [1.0] * 7)
+    assert torch.isclose(selector.observe(parts[0], bad), torch.tensor(1.0))
+    selector.observe(parts[1], torch.ones(8))
+    assert selector.stats()["selection/nonfinite_losses"] == 1 and len(selector.scorer.memory) == 15
