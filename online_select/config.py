@@ -122,8 +122,8 @@ class SelectionConfig:
     loss_discount: float = 0.0
     on_nonfinite: str = "raise"
     distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
-    # Select once for this many steps, from their candidates together (OnlineSelector.select_plan): fewer
-    # small ops per step, scores up to plan_steps - 1 steps stale. One process; 1: select at every step.
+    # Score this many steps' candidates in one pass, each step drawing from its own (OnlineSelector.select_plan):
+    # fewer small ops per step, scores up to plan_steps - 1 steps stale. One process; 1: select at every step.
     plan_steps: int = 1
 
 

@@ -4,7 +4,7 @@
     losses = loss_fn(model(selected.batch), ...)          # per-sample, reduction="none"
     loss = selector.observe(selected, losses)             # weighted mean; the scorer learns
 
-or, to select once for several steps (fewer small ops per step; one process):
+or, to score several steps' candidates in one pass (fewer small ops per step; one process):
 
     for part in selector.select_plan(candidate_batch, steps=4):   # 4 steps' candidates at once
         loss = selector.observe(part, loss_fn(model(part.batch), ...))
@@ -403,14 +403,14 @@ class OnlineSelector:
         return selected
 
     def select_plan(self, candidate_batch: Any, steps: int, ids: Any = None) -> list[SelectedBatch]:
-        """Select for ``steps`` training steps at once from their candidates together (``steps x B``
-        samples), and split the picks at random into ``steps`` parts of k, one per step.
+        """Select for ``steps`` training steps at once: score their candidates (``steps x B`` samples, step
+        i's the i-th B) in one pass and draw each step's k from its own B, as :meth:`select` would.
 
         Observe each part with :meth:`observe`, in the order given, before the next :meth:`select` or
         ``select_plan``: each returns its step's loss, and the scorer, memory and rejection learn from
-        all the parts together once the last is observed. One selection and one update per plan instead
-        of per step cut the selector's many small tensor ops (they, not arithmetic, are its cost on a
-        CPU); the price is scores up to ``steps - 1`` steps stale. One process only.
+        all the parts together once the last is observed. One scoring pass and one update per plan
+        instead of per step cut the selector's many small tensor ops (they, not arithmetic, are its cost
+        on a CPU); the price is scores up to ``steps - 1`` steps stale. One process only.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a plan needs a whole number of steps >= 1, got {steps!r}")
@@ -426,9 +426,17 @@ class OnlineSelector:
         per_step = resolve_keep(self.keep, n // steps)
         ids = self._ids(candidate_batch, ids, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
-        scores, selection, eligible = self._choose(signals, per_step * steps)
-        order = torch.randperm(selection.k, generator=self.generator)  # spread explored picks over the steps
-        whole = Selection(selection.indices[order], selection.weights[order], selection.explored[order], n)
+        # Scored in one pass; each step draws its k from its own B candidates, as select() would.
+        width = n // steps
+        chosen = [self._choose(_rows_of(signals, slice(i * width, (i + 1) * width)), per_step) for i in range(steps)]
+        scores = torch.cat([scores for scores, _, _ in chosen])
+        eligible = None if chosen[0][2] is None else torch.cat([mask for _, _, mask in chosen])
+        whole = Selection(
+            torch.cat([selection.indices + i * width for i, (_, selection, _) in enumerate(chosen)]),
+            torch.cat([selection.weights for _, selection, _ in chosen]),
+            torch.cat([selection.explored for _, selection, _ in chosen]),
+            n,
+        )
         selected = self._package(candidate_batch, whole, scores, ids, features, predicted, reference_loss, start)
         selected.eligible = eligible
         select_s = selected.timings["select_s"]
@@ -1016,6 +1024,16 @@ class OnlineSelector:
             self.proxy.load_state_dict(state["proxy"])
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
+
+
+def _rows_of(signals: Signals, rows: slice) -> Signals:
+    """The signals of a contiguous range of the candidates."""
+    out = Signals(batch_size=rows.stop - rows.start, generator=signals.generator)
+    for name in SIGNALS:
+        value = getattr(signals, name)
+        if value is not None:
+            setattr(out, name, value[rows])
+    return out
 
 
 def _tensors_of(state: Any) -> list[torch.Tensor]:
