@@ -684,8 +684,8 @@ class OnlineSelector:
         plan.observed.append(observed)
         if not plan.open:
             view = self._view(plan.selected, torch.cat(plan.observed))
-            all_finite = torch.isfinite(view.losses)
-            self._learn(view, all_finite, None if bool(all_finite.all()) else all_finite.nonzero()[:, 0], plan.steps, part, start)
+            all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
+            self._learn(view, all_finite, _kept_rows(all_finite), plan.steps, part, start)
         else:
             part.timings["observe_s"] = time.perf_counter() - start
         return self._loss(part.weights, losses, observed, observed, finite, keep, None)
@@ -693,16 +693,17 @@ class OnlineSelector:
     def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The finite mask of a step's losses and the rows to keep (None: all); raises or counts the others."""
         finite = torch.isfinite(losses)
-        n_bad = int((~finite).sum())
-        if not n_bad:
+        keep = _kept_rows(finite)
+        if keep is None:
             return finite, None
+        n_bad = losses.numel() - keep.numel()
         if self.on_nonfinite == "raise":
             raise NonFiniteLossError(
                 f"{n_bad} of {losses.numel()} per-sample losses are NaN or infinite at step {self.step}; "
                 "pass on_nonfinite='skip' to drop them from the update and count them instead"
             )
         self.nonfinite_losses += n_bad
-        return finite, finite.nonzero()[:, 0]
+        return finite, keep
 
     def _learn(
         self, view: _StepView, finite: torch.Tensor, keep: torch.Tensor | None, steps: int, timed: SelectedBatch, start: float
@@ -1024,6 +1025,11 @@ class OnlineSelector:
             self.proxy.load_state_dict(state["proxy"])
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
+
+
+def _kept_rows(finite: torch.Tensor) -> torch.Tensor | None:
+    """The positions of the finite losses, or None when all are."""
+    return None if bool(finite.all()) else finite.nonzero()[:, 0]
 
 
 def _rows_of(signals: Signals, rows: slice) -> Signals:
