@@ -64,6 +64,13 @@ def test_without_selection_it_is_exactly_trainer(tmp_path):
     assert torch.equal(params(plain.model), params(ours.model))
 
 
+def test_builds_on_a_trainer_without_the_ga_scaling_flag(tmp_path, monkeypatch):
+    """transformers before 5.19 has no Trainer.loss_is_scaled_for_ga (the whole suite passes on 5.17.0)."""
+    monkeypatch.delattr(Trainer, "loss_is_scaled_for_ga", raising=False)
+    ours = SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4)
+    assert ours.selector is not None and ours._user_ga_scaling is None
+
+
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_keeping_every_candidate_matches_trainer_with_gradient_accumulation(tmp_path, accumulation):
     """Selection that keeps all B (in a shuffled order) must give Trainer's update: same token-weighted

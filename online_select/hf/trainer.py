@@ -84,7 +84,9 @@ class SelectiveTrainer(Trainer):
         self._selecting = self.selector is not None or token_selection is not None
         self._pending: deque[SelectedBatch | None] = deque()
         self._token_counts = [0, 0]  # kept and real target tokens since the last log line
-        self._user_ga_scaling = self.loss_is_scaled_for_ga
+        # Trainer reads loss_is_scaled_for_ga from transformers 5.19 on; before, it divides by the accumulation
+        # steps exactly when num_items_in_batch is None, which is when compute_loss below does not scale.
+        self._user_ga_scaling = getattr(self, "loss_is_scaled_for_ga", None)
         self._per_sample = loss_for_model(self.model, per_sample_loss) if self._selecting else None
         if token_selection is not None and getattr(self._per_sample, "kind", None) != "causal_lm":
             raise ValueError("token_selection needs a causal LM (per_sample_loss='causal_lm')")
