@@ -265,6 +265,18 @@ def _multi_process_without_accelerator() -> bool:
     return not (accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available())
 
 
+def check_processes_fit_gpus(local_processes: int, gpus: int, cpu: bool) -> None:
+    """NCCL needs a GPU of its own for each process on a machine: more processes than GPUs would fail deep
+    inside DistributedDataParallel ("Duplicate GPU detected"), so say what to change instead."""
+    if cpu or gpus == 0 or local_processes <= gpus:
+        return
+    raise ValueError(
+        f"{local_processes} processes on this machine but {gpus} GPU(s): launch at most {gpus} per machine "
+        "(accelerate launch --num_processes / torchrun --nproc_per_node), or set train.cpu=true to run them all "
+        "on the CPU"
+    )
+
+
 def _train_loader(task: Task, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
     if world_size == 1:
         return task.train_loader(batch_size, seed)
@@ -298,8 +310,13 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         os.environ.setdefault("WANDB_DIR", str(out_dir))
     # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
     # prepared scheduler once per process, assuming an epoch-based schedule).
+    on_cpu = config.train.cpu or _multi_process_without_accelerator()
+    check_processes_fit_gpus(
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        on_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"},
+    )
     accelerator = Accelerator(
-        cpu=config.train.cpu or _multi_process_without_accelerator(),
+        cpu=on_cpu,
         log_with=trackers or None,
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,

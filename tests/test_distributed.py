@@ -20,6 +20,7 @@ from online_select import OnlineSelector, ReferenceTable, Scorer, take
 from online_select.checkpoint import read_meta
 from online_select.config import load_config
 from online_select.data import TensorLoader
+from online_select.loop import check_processes_fit_gpus
 from online_select.distributed import (
     DistributedSelectionError,
     ProcessGroup,
@@ -54,6 +55,14 @@ def test_quotas_and_keep_counts():
     assert even_quotas(8, 2) == [4, 4] and even_quotas(7, 3) == [3, 2, 2]
     assert global_keep(4, 2, 32) == 8 and global_keep(4, 2, 6) == 6 and global_keep(0.25, 2, 20) == 5
     assert local_keep(4, 16) == 4 and local_keep(4, 3) == 3 and local_keep(0.25, 6) == 2
+
+
+def test_more_processes_than_gpus_is_a_named_error():
+    check_processes_fit_gpus(2, 2, cpu=False)
+    check_processes_fit_gpus(4, 1, cpu=True)  # CPU processes (gloo) need no GPU
+    check_processes_fit_gpus(2, 0, cpu=False)  # no GPU: Accelerate runs them on the CPU
+    with pytest.raises(ValueError, match="2 processes on this machine but 1 GPU.*train.cpu=true"):
+        check_processes_fit_gpus(2, 1, cpu=False)
 
 
 @settings(max_examples=200, deadline=None)
@@ -441,7 +450,9 @@ def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, 
     args = [
         "train",
         str(RECIPE),
-        *_loop_args(tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global"),
+        *_loop_args(
+            tiny_idx_folder, tmp_path / "two", "train.max_steps=6", "selection.distributed=global", "train.cpu=true"
+        ),
     ]
     port = str(_free_port())
     if launcher == "torchrun":
@@ -472,7 +483,7 @@ def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, 
     one = [
         "train",
         str(RECIPE),
-        *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6"),
+        *_loop_args(tiny_idx_folder, tmp_path / "one", "train.max_steps=6", "train.cpu=true"),
         "selection.candidate_batch_size=64",
         "selection.keep=16",
     ]
