@@ -143,6 +143,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True
     cpu: bool = False
+    deterministic: bool = False  # deterministic kernels (bitwise-repeatable GPU runs and resumes; slower)
 
 
 @dataclass

@@ -331,6 +331,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             "Accelerator before the process group is up"
         )
     set_seed(config.seed)
+    if config.train.deterministic:
+        # cuBLAS reads its workspace setting when it starts, before the model's first matrix product.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op with no such kernel warns, not fails
+        torch.backends.cudnn.benchmark = False
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

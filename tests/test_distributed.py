@@ -1,7 +1,7 @@
 """Selection across processes: pure planning and packing, then real 2-process runs on CPU (gloo).
 
-The 2-process tests use ``accelerate.debug_launcher`` (fixed rendezvous): never run them in parallel
-pytest workers.
+The 2-process tests use ``tests.launch.launch_cpu_processes`` (a fixed rendezvous port, as
+``accelerate.debug_launcher``): never run them in parallel pytest workers.
 """
 
 import faulthandler
@@ -20,7 +20,6 @@ from online_select import OnlineSelector, ReferenceTable, Scorer, take
 from online_select.checkpoint import read_meta
 from online_select.config import load_config
 from online_select.data import TensorLoader
-from online_select.loop import check_processes_fit_gpus
 from online_select.distributed import (
     DistributedSelectionError,
     ProcessGroup,
@@ -32,6 +31,9 @@ from online_select.distributed import (
     pack_rows,
     unpack_rows,
 )
+from online_select.loop import check_processes_fit_gpus
+
+from .launch import launch_cpu_processes
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 WATCHDOG_S = 240  # a hung collective fails the test instead of hanging it
@@ -229,10 +231,8 @@ def _selector_worker(out):
 
 @pytest.fixture(scope="module")
 def two_process_selection(tmp_path_factory):
-    from accelerate import debug_launcher
-
     out = tmp_path_factory.mktemp("selection")
-    debug_launcher(_selector_worker, args=(str(out),), num_processes=2)
+    launch_cpu_processes(_selector_worker, args=(str(out),), num_processes=2)
     ranks = [json.loads((out / f"steps-{r}.json").read_text()) for r in (0, 1)]
     return out, ranks
 
@@ -326,9 +326,7 @@ def _ddp_worker(out, mode, loss_discount):
 
 @pytest.mark.parametrize("mode,loss_discount", [("global", 0.0), ("local", 0.0), ("local", 0.7)])
 def test_gradients_are_equal_across_ranks_and_are_the_weighted_mean_over_all_selected(tmp_path, mode, loss_discount):
-    from accelerate import debug_launcher
-
-    debug_launcher(_ddp_worker, args=(str(tmp_path), mode, loss_discount), num_processes=2)
+    launch_cpu_processes(_ddp_worker, args=(str(tmp_path), mode, loss_discount), num_processes=2)
     r0, r1 = (torch.load(tmp_path / f"{mode}-{loss_discount}-{r}.pt", weights_only=True) for r in (0, 1))
     for name in r0["grads"]:
         assert torch.equal(r0["grads"][name], r1["grads"][name])
@@ -395,9 +393,7 @@ def _loop_worker(folder, out):
 
 
 def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_folder, tmp_path):
-    from accelerate import debug_launcher
-
-    debug_launcher(_loop_worker, args=(str(tiny_idx_folder), str(tmp_path)), num_processes=2)
+    launch_cpu_processes(_loop_worker, args=(str(tiny_idx_folder), str(tmp_path)), num_processes=2)
     for mode in ("global", "local"):
         run = tmp_path / f"{mode}-whole"
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

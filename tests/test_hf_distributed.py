@@ -3,7 +3,8 @@
 import os
 
 import torch
-from accelerate import debug_launcher
+
+from .launch import launch_cpu_processes
 
 
 def _train(out_dir):
@@ -24,7 +25,7 @@ def _train(out_dir):
 
 
 def test_two_processes_select_locally_and_save_one_selector_state_each(tmp_path):
-    debug_launcher(_train, args=(str(tmp_path),), num_processes=2)
+    launch_cpu_processes(_train, args=(str(tmp_path),), num_processes=2)
     checkpoint = tmp_path / "checkpoint-4"
     assert (checkpoint / "selector_state_0.pt").is_file() and (checkpoint / "selector_state_1.pt").is_file()
     for rank in (0, 1):  # every scorer learns from both processes' selected samples: 4 steps x 2 processes x k=2
