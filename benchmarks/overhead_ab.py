@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fashion_mnist_noisy.yaml"
-FIELDS = ("time/select_ms", "time/observe_ms", "time/large_ms", "time/overhead_pct", "wall_s")
+FIELDS = ("time/load_ms", "time/select_ms", "time/observe_ms", "time/large_ms", "time/overhead_pct", "wall_s")
 
 RUN = """
 import json, sys
@@ -90,8 +90,8 @@ def main() -> None:
                       f"accuracy {100 * final['eval/accuracy']:.2f}%", file=sys.stderr, flush=True)
     print(f"\n{args.steps} steps of {RECIPE.name}, {args.rounds} rounds, checkouts alternating, "
           f"train.threads={args.threads}; median [min-max] over rounds\n")
-    print("| checkout | commit | overrides | select ms | observe ms | large step ms | overhead % of large step | training seconds | final acc % |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| checkout | commit | overrides | load ms | select ms | observe ms | large step ms | overhead % of large step | training seconds | final acc % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for tree, variant in runs:
         cells = []
         for field in FIELDS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,15 +100,19 @@ class ModelLoss(Protocol):
 class ClassificationLoss:
     """Per-sample cross-entropy of ``model(batch[input_key])`` against ``batch[label_key]``.
 
-    Mapping inputs are passed as keyword arguments (HF style). ``features`` returns
+    Mapping inputs are passed as keyword arguments (HF style). ``input_transform`` (e.g. bytes to
+    standardized floats) is applied to the input first. ``features`` returns
     :func:`classification_features` for the scorer.
     """
 
     input_key: str | int = 0
     label_key: str | int = 1
+    input_transform: Callable[[Any], Any] | None = None
 
     def logits(self, model: nn.Module, batch: Any) -> torch.Tensor:
         inputs = get_field(batch, self.input_key)
+        if self.input_transform is not None:
+            inputs = self.input_transform(inputs)
         outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
         return logits_of(outputs)
 

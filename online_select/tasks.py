@@ -18,7 +18,7 @@ from .losses import ClassificationLoss
 from .models import mlp_classifier, small_cnn
 from .reference import Reference, ReferenceTable, holdout_reference, twin_halves_reference
 
-__all__ = ["Task", "ImageClassificationTask", "TASK_BUILDERS", "TASK_METRICS", "register_task", "task_metric", "build_task"]
+__all__ = ["Task", "ImageClassificationTask", "StandardizedPixels", "TASK_BUILDERS", "TASK_METRICS", "register_task", "task_metric", "build_task"]
 
 
 class Task:
@@ -72,6 +72,29 @@ class Task:
         return None
 
 
+class StandardizedPixels(nn.Module):
+    """8-bit pixels to model inputs, ``(pixels / 255 - mean) / std`` in float32 (optionally flattened).
+
+    The image task keeps its images as bytes and converts them only where a model reads them, so loading a
+    candidate batch of B images copies a quarter of the bytes, and only the k picks are converted (on the GPU,
+    if the large model is there)."""
+
+    def __init__(self, mean: float, std: float, flatten: bool = False) -> None:
+        super().__init__()
+        self.mean, self.std, self.flatten = mean, std, flatten
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.float() / 255.0 - self.mean) / self.std
+        return x.flatten(1) if self.flatten else x
+
+
+def _pixels(images: Any, split: str) -> torch.Tensor:
+    pixels = torch.from_numpy(images)
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"{split} images are {pixels.dtype}: the image task reads 8-bit pixels (MNIST-format IDX)")
+    return pixels
+
+
 class ImageClassificationTask(Task):
     """Image classification from an MNIST-format IDX folder (or the hub), with symmetric label noise.
 
@@ -83,8 +106,7 @@ class ImageClassificationTask(Task):
         self.config = config
         data = config.data
         raw = load_idx_folder(data.path) if data.source == "folder" else load_hub_image_classification(data.hub_name)
-        train_x = torch.from_numpy(raw["train_images"].astype("float32")) / 255.0
-        test_x = torch.from_numpy(raw["test_images"].astype("float32")) / 255.0
+        train_x, test_x = _pixels(raw["train_images"], "train"), _pixels(raw["test_images"], "test")
         train_y = torch.from_numpy(raw["train_labels"].astype("int64"))
         test_y = torch.from_numpy(raw["test_labels"].astype("int64"))
         if train_x.ndim == 3:
@@ -93,9 +115,11 @@ class ImageClassificationTask(Task):
             train_x, test_x = train_x.permute(0, 3, 1, 2), test_x.permute(0, 3, 1, 2)
         if data.max_train_samples:
             train_x, train_y = train_x[: data.max_train_samples], train_y[: data.max_train_samples]
-        mean, std = train_x.mean(), train_x.std()
-        self.train_x = (train_x - mean) / std
-        self.test_x = ((test_x - mean) / std)[: data.eval_size or None]
+        scaled = train_x.float() / 255.0
+        self.standardize = StandardizedPixels(float(scaled.mean()), float(scaled.std()))
+        del scaled
+        self.train_pixels = train_x
+        self.test_x = self.standardize(test_x[: data.eval_size or None])
         self.test_y = test_y[: data.eval_size or None]
         self.num_classes = int(max(train_y.max(), test_y.max()) + 1)
         self.clean_y = train_y
@@ -108,18 +132,24 @@ class ImageClassificationTask(Task):
             n_hold = max(1, int(round(data.holdout_fraction * n)))
             self.holdout_ids = perm[:n_hold].sort().values
             self.train_ids = perm[n_hold:].sort().values
-        self.loss = ClassificationLoss("input", "label")
+        self.loss = ClassificationLoss("input", "label", input_transform=self.standardize)
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """Every training image as the models see it (float32, standardized)."""
+        return self.standardize(self.train_pixels)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.train_pixels.shape[1:])
 
     def _fields(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"input": self.train_x[ids], "label": self.train_y[ids], "noisy": self.is_noisy[ids]}
+        return {name: values.index_select(0, ids) for name, values in
+                (("input", self.train_pixels), ("label", self.train_y), ("noisy", self.is_noisy))}
 
     def examples(self, ids: torch.Tensor) -> dict[str, Any]:
         return {
-            "example": list(self.train_x[ids]),
+            "example": list(self.train_pixels[ids]),
             "label": self.train_y[ids].tolist(),
             "true_label": self.clean_y[ids].tolist(),
             "noisy": self.is_noisy[ids].tolist(),
@@ -142,7 +172,11 @@ class ImageClassificationTask(Task):
         if name == "none":
             return None
         if name == "mlp":
-            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(self.image_shape), self.config.scorer.hidden), nn.ReLU())
+            return nn.Sequential(
+                StandardizedPixels(self.standardize.mean, self.standardize.std, flatten=True),
+                nn.Linear(math.prod(self.image_shape), self.config.scorer.hidden),
+                nn.ReLU(),
+            )
         raise ValueError(f"unknown scorer.model {name!r}; expected none or mlp")
 
     def batches_by_id(self, ids: torch.Tensor, batch_size: int) -> Iterable[dict]:

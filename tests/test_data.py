@@ -1,3 +1,6 @@
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +63,27 @@ def test_tensor_loader_epochs_cover_everything_once():
     loader = TensorLoader({"x": torch.arange(40)}, 10, seed=0)
     seen = torch.cat([next(loader)["id"] for _ in range(4)])
     assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_image_task_loads_bytes_and_its_models_see_the_standardized_images(tiny_idx_folder, tmp_path):
+    from online_select.config import load_config
+    from online_select.tasks import build_task
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+    task = build_task(load_config(recipe, [f"data.path={tiny_idx_folder}"]))
+    batch = next(iter(task.train_loader(32, 0)))
+    assert batch["input"].dtype == torch.uint8  # a candidate batch copies one byte a pixel
+    scaled = torch.from_numpy(load_idx_folder(tiny_idx_folder)["train_images"].astype("float32"))[:, None] / 255.0
+    assert torch.equal(task.train_x, (scaled - scaled.mean()) / scaled.std())  # bitwise what the models saw before
+    assert torch.equal(task.loss.input_transform(batch["input"]), task.train_x[batch["id"]])
+
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    for source in tiny_idx_folder.iterdir():
+        if not source.name.startswith("train-images"):
+            (floats / source.name).write_bytes(source.read_bytes())
+    images = np.zeros((1200, 28, 28), dtype=">f4")
+    header = bytes([0, 0, 0x0D, 3]) + b"".join(struct.pack(">I", d) for d in images.shape)
+    (floats / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    with pytest.raises(ValueError, match="train images are torch.float32: the image task reads 8-bit pixels"):
+        build_task(load_config(recipe, [f"data.path={floats}"]))
