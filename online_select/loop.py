@@ -308,13 +308,13 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     if "wandb" in trackers:
         os.environ.setdefault("WANDB_MODE", config.logging.wandb_mode)
         os.environ.setdefault("WANDB_DIR", str(out_dir))
-    # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
-    # prepared scheduler once per process, assuming an epoch-based schedule).
     on_cpu = config.train.cpu or _multi_process_without_accelerator()
     check_processes_fit_gpus(
         int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count() if torch.cuda.is_available() else 0,
         on_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"},
     )
+    # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
+    # prepared scheduler once per process, assuming an epoch-based schedule).
     accelerator = Accelerator(
         cpu=on_cpu,
         log_with=trackers or None,
