@@ -301,7 +301,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     Launched with ``accelerate launch`` or ``torchrun``, every process runs it (see the module docs).
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     out_dir = Path(config.output_dir)
     trackers = [t for t in config.logging.trackers if t and t != "none"]
@@ -310,8 +310,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         os.environ.setdefault("WANDB_DIR", str(out_dir))
     on_cpu = config.train.cpu or _multi_process_without_accelerator()
     check_processes_fit_gpus(
-        int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        on_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"},
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count(),
+        on_cpu or parse_flag_from_env("ACCELERATE_USE_CPU"),
     )
     # One scheduler step per optimizer step on any number of processes (by default Accelerate steps a
     # prepared scheduler once per process, assuming an epoch-based schedule).
