@@ -1,10 +1,13 @@
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+from online_select.data import _IDX_DTYPES
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 
@@ -27,10 +30,12 @@ def small_run(folder, out, *extra) -> list[str]:
     ]
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an unsigned-byte IDX file (gzip-compressed when the name ends in .gz)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+def write_idx(path: Path, array: np.ndarray, dtype: Any = np.uint8) -> None:
+    """Write an IDX file of one of the IDX element types (unsigned bytes by default; gzip-compressed when the
+    name ends in .gz)."""
+    code = next(code for code, idx_dtype in _IDX_DTYPES.items() if np.dtype(idx_dtype) == np.dtype(dtype))
+    header = bytes([0, 0, code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=dtype).tobytes()
     if path.suffix == ".gz":
         path.write_bytes(gzip.compress(data))
     else:

@@ -1,4 +1,3 @@
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +81,6 @@ def test_image_task_loads_bytes_and_its_models_see_the_standardized_images(tiny_
     for source in tiny_idx_folder.iterdir():
         if not source.name.startswith("train-images"):
             (floats / source.name).write_bytes(source.read_bytes())
-    images = np.zeros((1200, 28, 28), dtype=">f4")
-    header = bytes([0, 0, 0x0D, 3]) + b"".join(struct.pack(">I", d) for d in images.shape)
-    (floats / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    write_idx(floats / "train-images-idx3-ubyte", np.zeros((1200, 28, 28)), dtype=">f4")
     with pytest.raises(ValueError, match="train images are torch.float32: the image task reads 8-bit pixels"):
         build_task(load_config(recipe, [f"data.path={floats}"]))
