@@ -2,7 +2,7 @@
 # How far the width-32 targets are (README, Results): the default at its own learning rate (0.002) over 4000 steps,
 # the same default behind a perfect label filter (its reference table made from the true noise flags) and on clean
 # labels (data.label_noise=0), all against uniform's best budget (8000 steps at 0.001) on the noisy labels; 3 seeds,
-# one run at a time, so seconds compare side by side. About 35 minutes on 2 CPU cores with a 20-25 ms step.
+# one run at a time, so seconds compare side by side. About 40 minutes on 2 CPU cores with a 20-25 ms step.
 # Usage: bash benchmarks/bounds.sh [OUT]; SEEDS=1 for a quick look.
 set -euo pipefail
 out="${1:-runs/bounds}"
