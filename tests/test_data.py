@@ -1,12 +1,10 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from online_select.data import DataError, TensorLoader, load_idx_folder, read_idx, symmetric_label_noise
 
-from .conftest import write_idx
+from .conftest import RECIPE, write_idx
 
 
 def test_idx_round_trip(tmp_path):
@@ -68,8 +66,7 @@ def test_image_task_loads_bytes_and_its_models_see_the_standardized_images(tiny_
     from online_select.config import load_config
     from online_select.tasks import build_task
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
-    task = build_task(load_config(recipe, [f"data.path={tiny_idx_folder}"]))
+    task = build_task(load_config(RECIPE, [f"data.path={tiny_idx_folder}"]))
     batch = next(iter(task.train_loader(32, 0)))
     assert batch["input"].dtype == torch.uint8  # a candidate batch copies one byte a pixel
     scaled = torch.from_numpy(load_idx_folder(tiny_idx_folder)["train_images"].astype("float32"))[:, None] / 255.0
@@ -83,4 +80,4 @@ def test_image_task_loads_bytes_and_its_models_see_the_standardized_images(tiny_
             (floats / source.name).write_bytes(source.read_bytes())
     write_idx(floats / "train-images-idx3-ubyte", np.zeros((1200, 28, 28)), dtype=">f4")
     with pytest.raises(ValueError, match="train images are torch.float32: the image task reads 8-bit pixels"):
-        build_task(load_config(recipe, [f"data.path={floats}"]))
+        build_task(load_config(RECIPE, [f"data.path={floats}"]))
