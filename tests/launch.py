@@ -1,6 +1,6 @@
 """Two CPU processes (gloo) for a test, set up as ``accelerate.debug_launcher`` sets them up, but started with
-spawn instead of fork once this process has used CUDA: a forked child cannot use autograd after its parent
-ran CUDA backward passes (the earlier tests do that on a machine with a GPU)."""
+spawn instead of fork on a machine with a GPU: there autograd starts a thread per device at its first backward
+pass, even a CPU one, and a forked child of such a process cannot use autograd."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.multiprocessing import start_processes
 
 def launch_cpu_processes(function: Callable, args: tuple = (), num_processes: int = 2) -> None:
     """Run ``function(*args)`` in ``num_processes`` CPU processes (fixed rendezvous port 29500)."""
-    start_method = "spawn" if torch.cuda.is_initialized() else "fork"  # fork: ~2 s; spawn re-imports torch
+    start_method = "spawn" if torch.cuda.is_available() else "fork"  # fork: ~2 s; spawn re-imports torch
     # A file in a folder of its own: torch's FileStore deletes it once every process is done with it.
     with tempfile.TemporaryDirectory() as folder, patch_environment(
         world_size=num_processes,
