@@ -173,7 +173,9 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_p
 def test_plans_resume_exactly_from_a_checkpoint_between_them(tiny_idx_folder, tmp_path):
     from online_select.cli import main
 
-    plan = ["selection.plan_steps=4", "train.max_steps=24", "train.checkpoint_every=8", "reference.refresh_at=[0.3]"]
+    plan = [
+        "selection.plan_steps=4", "train.max_steps=24", "train.checkpoint_every=8", "reference.refresh_at=[0.3]", DETERMINISTIC
+    ]
     whole = tmp_path / "whole"
     assert main(["train", str(RECIPE), *_args(tiny_idx_folder, whole, *plan)]) == 0
     trace = _lines(whole / "selection_trace.jsonl")
