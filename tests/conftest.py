@@ -10,6 +10,9 @@ import torch
 from online_select.data import _IDX_DTYPES
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
+# On a GPU only deterministic kernels give bitwise-equal runs, in one process or across processes (the CPU kernels
+# used here already are): tests that compare two runs for equality add this override.
+DETERMINISTIC = "train.deterministic=true"
 
 
 def small_run(folder, out, *extra) -> list[str]:

@@ -15,12 +15,10 @@ import pytest
 
 from online_select.checkpoint import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "fashion_mnist_noisy.yaml"
-MAX_STEPS = 40
+from .conftest import DETERMINISTIC, RECIPE
 
-# Across processes on a GPU, only deterministic kernels give bitwise-equal losses (the CPU kernels used here are already).
-DETERMINISTIC = "train.deterministic=true"
+ROOT = Path(__file__).resolve().parents[1]
+MAX_STEPS = 40
 
 
 def _args(folder, out, *extra):

@@ -18,7 +18,7 @@ from online_select.wandb_offline import (
     wait_until_finished,
 )
 
-from .conftest import RECIPE, small_run
+from .conftest import DETERMINISTIC, RECIPE, small_run
 
 
 def _overrides(folder, out, *extra):
@@ -171,10 +171,8 @@ def test_tensorboard_gets_scalars_and_histograms(tiny_idx_folder, tmp_path):
 def test_telemetry_does_not_change_training(tiny_idx_folder, tmp_path):
     finals = []
     for telemetry in ("true", "false"):
-        # Deterministic kernels: on a GPU two identical runs differ in the last digits without them.
         config = load_config(RECIPE, _overrides(tiny_idx_folder, tmp_path / telemetry, "logging.trackers=[]",
-                                                f"logging.telemetry={telemetry}", "train.max_steps=20",
-                                                "train.deterministic=true"))
+                                                f"logging.telemetry={telemetry}", "train.max_steps=20", DETERMINISTIC))
         finals.append(train(config))
     assert finals[0]["eval/accuracy"] == finals[1]["eval/accuracy"]
     assert finals[0]["eval/loss"] == finals[1]["eval/loss"]
