@@ -33,9 +33,9 @@ from online_select.distributed import (
 )
 from online_select.loop import check_processes_fit_gpus
 
+from .conftest import RECIPE
 from .launch import launch_cpu_processes
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 WATCHDOG_S = 240  # a hung collective fails the test instead of hanging it
 
 
