@@ -123,7 +123,7 @@ class SelectionConfig:
     on_nonfinite: str = "raise"
     distributed: str = "local"  # local | global: how several processes select (see online_select.distributed)
     # Score this many steps' candidates in one pass, each step drawing from its own (OnlineSelector.select_plan):
-    # fewer small ops per step, scores up to plan_steps - 1 steps stale. One process; 1: select at every step.
+    # fewer small ops per step, scores up to plan_steps - 1 steps stale. Across processes: distributed=local. 1: every step.
     plan_steps: int = 1
 
 

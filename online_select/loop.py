@@ -583,13 +583,16 @@ AUTO_REFRESH_EPOCHS = 3.0
 
 
 def _check_plan(plan_steps: int, config: Config, world_size: int) -> None:
-    """selection.plan_steps: checkpoints and the run's end fall between plans; one process."""
+    """selection.plan_steps: checkpoints and the run's end fall between plans; across processes, local selection."""
     if plan_steps < 1:
         raise ValueError(f"selection.plan_steps must be >= 1, got {plan_steps}")
     if plan_steps == 1:
         return
-    if world_size > 1:
-        raise ValueError("selection.plan_steps > 1 runs in one process; set it to 1 under accelerate launch or torchrun")
+    if world_size > 1 and config.selection.distributed != "local":
+        raise ValueError(
+            f"selection.plan_steps > 1 across processes needs selection.distributed=local (got "
+            f"{config.selection.distributed!r}); set plan_steps to 1 for global selection"
+        )
     for key, steps in (("train.max_steps", config.train.max_steps), ("train.checkpoint_every", config.train.checkpoint_every)):
         if steps % plan_steps:
             raise ValueError(f"{key}={steps} must be a multiple of selection.plan_steps={plan_steps} (checkpoints fall between plans)")

@@ -129,6 +129,7 @@ class _Plan:
 
     selected: SelectedBatch
     parts: list[SelectedBatch]
+    step_offsets: torch.Tensor  # of each selected row: its part (the step after the plan's first)
     observed: list[torch.Tensor] = field(default_factory=list)
 
     @property
@@ -179,6 +180,7 @@ class _StepView:
     # same ops run back to back.
     summary: Callable[[torch.Tensor, torch.Tensor], dict]
     batch: Any = None
+    step_offsets: torch.Tensor | None = None  # a plan's rows: the part (step after the plan's first) of each
 
 
 def _count(mask: torch.Tensor | None, total: int) -> int:
@@ -410,7 +412,10 @@ class OnlineSelector:
         ``select_plan``: each returns its step's loss, and the scorer, memory and rejection learn from
         all the parts together once the last is observed. One scoring pass and one update per plan
         instead of per step cut the selector's many small tensor ops (they, not arithmetic, are its cost
-        on a CPU); the price is scores up to ``steps - 1`` steps stale. One process only.
+        on a CPU); the price is scores up to ``steps - 1`` steps stale. Across several processes in
+        ``distributed="local"`` mode every process plans over its own candidates and every part's
+        :meth:`observe` gathers that step's losses (one small collective); the plan's learning gathers the
+        rest once. ``distributed="global"`` selects at every step.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"a plan needs a whole number of steps >= 1, got {steps!r}")
@@ -418,12 +423,13 @@ class OnlineSelector:
             return [self.select(candidate_batch, ids)]
         start = time.perf_counter()
         self._check_no_open_plan()
-        if self._process_group() is not None:
-            raise ValueError("select_plan runs in one process; across processes call select() at every step")
+        group = self._process_group()
+        if group is not None and self.distributed == "global":
+            raise ValueError("select_plan needs distributed='local' across processes; with 'global' call select() at every step")
         n = batch_size(candidate_batch)
         if n % steps:
             raise ValueError(f"a plan of {steps} steps needs a candidate batch divisible into {steps} steps' candidates, got {n}")
-        per_step = resolve_keep(self.keep, n // steps)
+        per_step = (resolve_keep if group is None else local_keep)(self.keep, n // steps)
         ids = self._ids(candidate_batch, ids, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
         # Scored in one pass; each step draws its k from its own B candidates, as select() would.
@@ -459,7 +465,7 @@ class OnlineSelector:
                 timings={"select_s": select_s / steps},
             )
             parts.append(part)
-        self._plan = _Plan(selected, list(parts))
+        self._plan = _Plan(selected, list(parts), torch.arange(steps).repeat_interleave(per_step))
         for part in parts:
             part.plan = self._plan
         return parts
@@ -680,15 +686,34 @@ class OnlineSelector:
         plan = part.plan
         if not plan.open or plan.parts[len(plan.observed)] is not part:
             raise RuntimeError("observe the parts of a select_plan once each, in the order it returned them")
-        finite, keep = self._finite(observed)
+        group = self._process_group()
+        # Across processes each step's loss is scaled by every process's finite losses, and a NaN anywhere
+        # must stop every process, so the part's losses are gathered now; the rest waits for the last part.
+        step_losses = observed if group is None else self._gather_losses(group, observed)
+        finite, keep = self._finite(step_losses)
         plan.observed.append(observed)
         if not plan.open:
-            view = self._view(plan.selected, torch.cat(plan.observed))
+            whole = torch.cat(plan.observed)
+            if group is None:
+                view = self._view(plan.selected, whole)
+                view.step_offsets = plan.step_offsets
+            else:
+                view = self._gather_view(group, plan.selected, whole, plan.step_offsets)
             all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
             self._learn(view, all_finite, _kept_rows(all_finite), plan.steps, part, start)
         else:
             part.timings["observe_s"] = time.perf_counter() - start
-        return self._loss(part.weights, losses, observed, observed, finite, keep, None)
+        return self._loss(part.weights, losses, observed, step_losses, finite, keep, group)
+
+    def _gather_losses(self, group: ProcessGroup, observed: torch.Tensor) -> torch.Tensor:
+        """Every process's observed losses of one step, in rank order."""
+        _, parts = group.all_gather_rows(observed.double()[:, None], torch.zeros(0), self._row_bound("part"))
+        self._row_bounds["part"] = max(part.shape[0] for part in parts)
+        return torch.cat(parts)[:, 0].float()
+
+    def _row_bound(self, gather: str, steps: int = 1) -> int | None:
+        """Rows any process sends at most in ``gather``: k a step when k is a count, else the most so far."""
+        return self.keep * steps if isinstance(self.keep, int) else self._row_bounds.get(gather)
 
     def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The finite mask of a step's losses and the rows to keep (None: all); raises or counts the others."""
@@ -718,9 +743,8 @@ class OnlineSelector:
             sub_ids = None if view.ids is None else kept_rows(view.ids)
             sub_batch = (view.batch if keep is None else take(view.batch, keep)) if self.scorer.model is not None else None
             step: int | torch.Tensor = self.step
-            if steps > 1:  # each sample observed at the step of its part
-                step = self.step + torch.arange(steps).repeat_interleave(view.losses.numel() // steps)
-                step = kept_rows(step)
+            if view.step_offsets is not None:  # a plan: each sample observed at the step of its part
+                step = kept_rows(self.step + view.step_offsets)
             self.scorer.update(kept_rows(view.features), kept_rows(view.losses), sub_ids, step, sub_batch, observations=steps)
         if self.proxy is not None and kept:
             self.proxy.update(view.batch if keep is None else take(view.batch, keep))
@@ -858,11 +882,15 @@ class OnlineSelector:
             batch=selected.batch,
         )
 
-    def _gather_view(self, group: ProcessGroup, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
+    def _gather_view(
+        self, group: ProcessGroup, selected: SelectedBatch, observed: torch.Tensor, step_offsets: torch.Tensor | None = None
+    ) -> _StepView:
         """All processes' selected samples and observed losses, on every process: in selection order
-        (global mode, the order one process would have) or in rank order (local mode)."""
+        (global mode, the order one process would have) or in rank order (local mode; a plan's rows
+        carry their ``step_offsets`` in the order column)."""
         k = selected.k
-        order = selected.selection_order if selected.selection_order is not None else torch.zeros(k)
+        order = selected.selection_order if selected.selection_order is not None else step_offsets
+        order = torch.zeros(k) if order is None else order
         ids = selected.selected_ids
         features = selected.selected_rows(selected.features)
         predicted = selected.selected_rows(selected.predicted_loss)
@@ -887,13 +915,14 @@ class OnlineSelector:
             [candidates, score_sum, selected.timings.get("select_s", 0.0), eligible], dtype=torch.float64
         )
         # A bound on every process's count lets the rows travel in one collective: the quotas in
-        # global mode, k in local mode with a count, else the largest count so far.
+        # global mode, k (a plan: k per step) in local mode with a count, else the largest count so far.
+        gather = "selected" if step_offsets is None else "plan"
         if selected.selection_order is not None:
             bound = -(-global_keep(self.keep, group.world_size, selected.candidate_batch_size) // group.world_size)
         else:
-            bound = self.keep if isinstance(self.keep, int) else self._row_bounds.get("selected")
+            bound = self._row_bound(gather, 1 if step_offsets is None else int(step_offsets.max()) + 1)
         headers, parts = group.all_gather_rows(torch.cat(columns, 1), header, max_rows=bound)
-        self._row_bounds["selected"] = max(part.shape[0] for part in parts)
+        self._row_bounds[gather] = max(part.shape[0] for part in parts)
         rows = torch.cat(parts)
         permutation = torch.argsort(rows[:, 0], stable=True) if selected.selection_order is not None else None
         if permutation is not None:
@@ -933,6 +962,7 @@ class OnlineSelector:
             select_s=float(headers[:, 2].max()),
             summary=summary,
             batch=batch,
+            step_offsets=rows[:, 0].long() if step_offsets is not None else None,
         )
 
     def _record(self, view: _StepView, finite: torch.Tensor, update_s: float, steps: int = 1) -> None:
@@ -955,7 +985,9 @@ class OnlineSelector:
         group = self._process_group()
         if group is None:
             return
-        state = {key: value for key, value in self.state_dict().items() if key not in ("generator", "window")}
+        # Per process by design: the RNG, the stats window, and in local mode the flat-score count (own candidates).
+        own = ("generator", "window") + (("flat_score_steps",) if self.distributed == "local" else ())
+        state = {key: value for key, value in self.state_dict().items() if key not in own}
         group.check_identical(_tensors_of(state), "the selector's state (scorer, proxy, loss memory, counters)")
 
     def stats(self) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from online_select import OnlineSelector, ReferenceTable, Scorer, take
+from online_select import NonFiniteLossError, OnlineSelector, ReferenceTable, Scorer, take
 from online_select.checkpoint import read_meta
 from online_select.config import load_config
 from online_select.data import TensorLoader
@@ -200,6 +200,41 @@ def _run_selector(make, keep, mode, world, rank):
     return selector, steps
 
 
+PLAN_STEPS = 2
+
+
+def _plan_candidates(plan, rank):
+    """A plan's candidates on this rank: its steps' candidate batches, concatenated; rank 1's steps in plan 1
+    are short (SHORT candidates each), so the processes keep different counts."""
+    steps = [_candidates(plan * PLAN_STEPS + i, 2, rank) for i in range(PLAN_STEPS)]
+    if plan == 1 and rank == 1:
+        steps = [{key: value[:SHORT] for key, value in step.items()} for step in steps]
+    return {
+        key: torch.cat([step[key] for step in steps]) if isinstance(steps[0][key], torch.Tensor) else sum((step[key] for step in steps), [])
+        for key in steps[0]
+    }
+
+
+def _run_plans(make, keep, rank):
+    torch.manual_seed(0)
+    selector = make(keep, "local")
+    plans = []
+    for plan in range(2):
+        record = {"parts": []}
+        for i, part in enumerate(selector.select_plan(_plan_candidates(plan, rank), PLAN_STEPS)):
+            losses = _observed_losses(part.batch, plan * PLAN_STEPS + i).requires_grad_()
+            loss = selector.observe(part, losses)
+            loss.backward()
+            record["parts"].append(
+                {"mine": part.batch["id"].tolist(), "losses": losses.tolist(), "weights": part.weights.tolist(),
+                 "loss": float(loss.detach()), "grad": losses.grad.tolist()}
+            )
+        record["ids"] = selector.last_step["ids"].tolist()
+        record["memory_steps"] = selector.scorer.memory.lookup(selector.last_step["ids"])[1].tolist()
+        plans.append(record)
+    return selector, plans
+
+
 def _selector_worker(out):
     _start_worker()
     rank = dist.get_rank()
@@ -214,6 +249,21 @@ def _selector_worker(out):
                 Path(out) / f"{name}-{mode}-{rank}.pt",
             )
             results[f"{name}-{mode}"] = steps
+    for name in ("learnability", "sampled"):
+        selector, plans = _run_plans(_configs()[name], 4, rank)
+        selector.check_synchronized()
+        state = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window", "flat_score_steps")}
+        torch.save(state, Path(out) / f"{name}-plans-{rank}.pt")
+        results[f"{name}-plans"] = plans
+    # A NaN loss on one process stops every process at that step of the plan (none waits in a collective).
+    selector = _configs()["learnability"](4, "local")
+    part = selector.select_plan(_plan_candidates(0, rank), PLAN_STEPS)[0]
+    losses = _observed_losses(part.batch, 0)
+    losses[0] = float("nan") if rank == 1 else losses[0]
+    with pytest.raises(NonFiniteLossError, match="NaN"):
+        selector.observe(part, losses)
+    with pytest.raises(ValueError, match="distributed='local'"):
+        OnlineSelector("uniform", keep=4, distributed="global").select_plan(_plan_candidates(0, rank), PLAN_STEPS)
     # Batches whose fields differ between processes cannot be exchanged: every process says so.
     batch = _candidates(0, 2, rank)
     if rank == 1:
@@ -294,6 +344,25 @@ def test_local_selection_keeps_the_scorer_identical_and_scales_the_loss(two_proc
         assert (r0["loss"] + r1["loss"]) / 2 == pytest.approx(mean, rel=1e-6)
         grads = torch.tensor(r0["grad"] + r1["grad"]) / 2
         assert torch.allclose(grads, weights / len(weights))
+
+
+@pytest.mark.parametrize("name", ["learnability", "sampled"])
+def test_local_plans_keep_the_selector_identical_and_scale_each_steps_loss(two_process_selection, name):
+    out, ranks = two_process_selection
+    _assert_same_state(_state(out / f"{name}-plans-0.pt"), _state(out / f"{name}-plans-1.pt"))
+    for plan, (r0, r1) in enumerate(zip(ranks[0][f"{name}-plans"], ranks[1][f"{name}-plans"])):
+        # The plan's learning saw every process's picks in rank order, each at the step of its part.
+        in_rank_order = [part for rank in (r0, r1) for part in rank["parts"]]
+        assert r0["ids"] == r1["ids"] == [i for part in in_rank_order for i in part["mine"]]
+        steps = [plan * PLAN_STEPS + i for rank in (r0, r1) for i, part in enumerate(rank["parts"]) for _ in part["mine"]]
+        assert r0["memory_steps"] == r1["memory_steps"] == steps
+        for p0, p1 in zip(r0["parts"], r1["parts"]):
+            assert (len(p0["mine"]), len(p1["mine"])) == ((4, SHORT) if plan == 1 else (4, 4))
+            weights = torch.tensor(p0["weights"] + p1["weights"])
+            mean = float((weights * torch.tensor(p0["losses"] + p1["losses"])).sum() / len(weights))
+            # Each step: the average of the two processes' losses (and gradients) is the weighted mean over all.
+            assert (p0["loss"] + p1["loss"]) / 2 == pytest.approx(mean, rel=1e-6)
+            assert torch.allclose(torch.tensor(p0["grad"] + p1["grad"]) / 2, weights / len(weights))
 
 
 # ---------------------------------------------------------------- 2 processes: gradients with DDP
@@ -380,6 +449,7 @@ def _loop_worker(folder, out):
                 RECIPE, _loop_args(folder, f"{out}/{mode}-whole", "train.max_steps=8", f"selection.distributed={mode}")
             )
         )
+    train(load_config(RECIPE, _loop_args(folder, f"{out}/local-plans", "train.max_steps=8", "selection.plan_steps=2")))
     # Stopped at step 4 (the LR warmup does not depend on max_steps), then resumed to step 8.
     resumed = f"{out}/global-resumed"
     train(load_config(RECIPE, _loop_args(folder, resumed, "train.max_steps=4", "selection.distributed=global")))
@@ -408,6 +478,12 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
         assert {"random_states_0.pkl", "random_states_1.pkl", "online_select_process_1.pt"} <= set(meta["files"])
         # one scheduler step per optimizer step, not one per process
         assert torch.load(checkpoint / "scheduler.bin", weights_only=True)["last_epoch"] == 8
+    plans = tmp_path / "local-plans"
+    assert [json.loads(line)["step"] for line in (plans / "metrics.jsonl").read_text().splitlines()] == [0, 4, 8]
+    trace = [json.loads(line) for line in (plans / "selection_trace.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in trace] == [2, 4, 6, 8]  # one line per plan, both processes' picks
+    assert all(len(line["ids"]) == 32 == len(set(line["ids"])) for line in trace)
+    assert read_meta(plans / "checkpoints" / "step-00000008")["world_size"] == 2
     whole, resumed = tmp_path / "global-whole", tmp_path / "global-resumed"
     assert (resumed / "selection_trace.jsonl").read_text() == (whole / "selection_trace.jsonl").read_text()
     clock_free = [
