@@ -695,8 +695,7 @@ class OnlineSelector:
         if not plan.open:
             whole = torch.cat(plan.observed)
             if group is None:
-                view = self._view(plan.selected, whole)
-                view.step_offsets = plan.step_offsets
+                view = self._view(plan.selected, whole, plan.step_offsets)
             else:
                 view = self._gather_view(group, plan.selected, whole, plan.step_offsets)
             all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
@@ -856,7 +855,7 @@ class OnlineSelector:
     def _needs_batch(self) -> bool:
         return self.proxy is not None or (self.scorer is not None and self.scorer.model is not None)
 
-    def _view(self, selected: SelectedBatch, observed: torch.Tensor) -> _StepView:
+    def _view(self, selected: SelectedBatch, observed: torch.Tensor, step_offsets: torch.Tensor | None = None) -> _StepView:
         # Only the tensors the summary reads, not the SelectedBatch (whose batch it would keep alive).
         scores, indices, predicted, eligible = selected.scores, selected.indices, selected.predicted_loss, selected.eligible
         candidates = selected.candidate_batch_size
@@ -880,6 +879,7 @@ class OnlineSelector:
             select_s=selected.timings.get("select_s", 0.0),
             summary=summary,
             batch=selected.batch,
+            step_offsets=step_offsets,
         )
 
     def _gather_view(
