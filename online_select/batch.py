@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BatchError", "batch_size", "take", "per_sample_fields", "map_fields"]
+__all__ = ["BatchError", "batch_size", "take", "per_sample_fields", "map_fields", "concat"]
 
 
 class BatchError(ValueError):
@@ -138,6 +138,53 @@ def map_fields(batch: Any, fn: Callable[[str, Any], Any], path: str = "batch") -
             return type(batch)(*values)
         return type(batch)(values)
     return batch
+
+
+def concat(batches: Sequence[Any]) -> Any:
+    """One batch of the samples of ``batches`` in order (per-sample fields joined along dim 0).
+
+    The batches must share one structure and, for tensors and arrays, the shape past dim 0: a field
+    padded to another length in one batch (dynamic padding) is a :class:`BatchError` naming it.
+    Batch-level values are taken from the first batch.
+    """
+    if not batches:
+        raise BatchError("concat needs at least one batch")
+    return _concat(list(batches), "batch")
+
+
+def _concat(values: list, path: str) -> Any:
+    first = values[0]
+    if isinstance(first, (torch.Tensor, np.ndarray)):
+        if first.ndim == 0:
+            return first
+        for i, value in enumerate(values[1:], 1):
+            if type(value) is not type(first) or value.shape[1:] != first.shape[1:]:
+                got = getattr(value, "shape", type(value).__name__)
+                raise BatchError(
+                    f"{path} of batch {i} has shape {tuple(got)} against {tuple(first.shape)} in batch 0: only "
+                    "the sample count may differ (pad every batch to one length)"
+                )
+        return torch.cat(values) if isinstance(first, torch.Tensor) else np.concatenate(values)
+    if isinstance(first, Mapping):
+        for i, value in enumerate(values[1:], 1):
+            if not isinstance(value, Mapping) or list(value) != list(first):
+                keys = list(value) if isinstance(value, Mapping) else type(value).__name__
+                raise BatchError(f"{path} of batch {i} has fields {keys} against {list(first)} in batch 0")
+        items = {}
+        for key, value in first.items():
+            sub = f"{path}[{key!r}]"
+            column = [batch[key] for batch in values]
+            items[key] = [x for part in column for x in part] if isinstance(value, list) else _concat(column, sub)
+        return _rebuild_mapping(first, items)
+    if isinstance(first, (tuple, list)):
+        for i, value in enumerate(values[1:], 1):
+            if type(value) is not type(first) or (_is_field_container(first) and len(value) != len(first)):
+                raise BatchError(f"{path} of batch {i} differs in structure from batch 0")
+        if not _is_field_container(first):
+            return type(first)(x for part in values for x in part)
+        joined = [_concat([batch[j] for batch in values], f"{path}[{j}]") for j in range(len(first))]
+        return type(first)(*joined) if hasattr(first, "_fields") else type(first)(joined)
+    return first
 
 
 def _rebuild_mapping(original: Mapping, items: dict) -> Mapping:

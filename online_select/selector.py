@@ -183,6 +183,31 @@ class _StepView:
     step_offsets: torch.Tensor | None = None  # a plan's rows: the part (step after the plan's first) of each
 
 
+def _plan_head(selected: SelectedBatch, done: int, steps: int) -> SelectedBatch:
+    """A plan's whole selection cut to its first ``done`` steps: their candidates and their picks."""
+    candidates = selected.candidate_batch_size // steps * done
+    picks = selected.k // steps * done
+
+    def head(rows: int, value: Any) -> Any:
+        return None if value is None else value[:rows]
+
+    return SelectedBatch(
+        batch=map_fields(selected.batch, lambda _, value: value[:picks]),
+        indices=selected.indices[:picks],
+        weights=selected.weights[:picks],
+        explored=selected.explored[:picks],
+        scores=selected.scores[:candidates],
+        ids=head(candidates, selected.ids),
+        candidate_batch_size=candidates,
+        step=selected.step,
+        features=head(candidates, selected.features),
+        predicted_loss=head(candidates, selected.predicted_loss),
+        reference_loss=head(candidates, selected.reference_loss),
+        eligible=head(candidates, selected.eligible),
+        timings=dict(selected.timings),
+    )
+
+
 def _count(mask: torch.Tensor | None, total: int) -> int:
     """How many candidates an eligibility mask admits (``None`` admits all)."""
     return total if mask is None else int(mask.sum())
@@ -470,6 +495,36 @@ class OnlineSelector:
             part.plan = self._plan
         return parts
 
+    def end_plan(self) -> int:
+        """End the last :meth:`select_plan` before all its parts are observed: learn from the parts
+        observed so far, as if the plan had been that long, and drop the others (their samples were
+        never trained on; observing one later is an error). Returns how many parts were dropped.
+
+        For a checkpoint or the end of training inside a plan: the saved state is then exactly the
+        state a plan of the observed steps would have left. Across processes, call it on every process
+        at the same step.
+        """
+        plan = self._plan
+        if plan is None or not plan.open:
+            return 0
+        start = time.perf_counter()
+        done, dropped = len(plan.observed), plan.steps - len(plan.observed)
+        last = plan.parts[done - 1] if done else None
+        selected = _plan_head(plan.selected, done, plan.steps)
+        plan.parts = plan.parts[:done]
+        if done:
+            rows = selected.k
+            whole = torch.cat(plan.observed)
+            offsets = plan.step_offsets[:rows]
+            group = self._process_group()
+            if group is None:
+                view = self._view(selected, whole, offsets)
+            else:
+                view = self._gather_view(group, selected, whole, offsets)
+            all_finite = torch.isfinite(view.losses)
+            self._learn(view, all_finite, _kept_rows(all_finite), done, last, start)
+        return dropped
+
     def _check_no_open_plan(self) -> None:
         if self._plan is not None and self._plan.open:
             left = self._plan.steps - len(self._plan.observed)
@@ -684,6 +739,8 @@ class OnlineSelector:
     def _observe_part(self, part: SelectedBatch, losses: torch.Tensor, observed: torch.Tensor, start: float) -> torch.Tensor:
         """One step of a plan: its loss now; the learning from all the plan's steps once the last is in."""
         plan = part.plan
+        if all(part is not kept for kept in plan.parts):
+            raise RuntimeError("this part of a select_plan was dropped by end_plan(): its samples are not to be trained on")
         if not plan.open or plan.parts[len(plan.observed)] is not part:
             raise RuntimeError("observe the parts of a select_plan once each, in the order it returned them")
         group = self._process_group()
@@ -1019,7 +1076,10 @@ class OnlineSelector:
     def state_dict(self) -> dict:
         """Everything needed to continue selection exactly: scorer, proxy, reference, RNG, counters."""
         if self._plan is not None and self._plan.open:
-            raise RuntimeError("the selector's state is saved between plans: observe every part of the last select_plan first")
+            raise RuntimeError(
+                "the selector's state is saved between plans: observe every part of the last select_plan first, "
+                "or end it early with end_plan()"
+            )
         state: dict[str, Any] = {
             "step": self.step,
             "samples_seen": self.samples_seen,

@@ -255,6 +255,14 @@ def _selector_worker(out):
         state = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window", "flat_score_steps")}
         torch.save(state, Path(out) / f"{name}-plans-{rank}.pt")
         results[f"{name}-plans"] = plans
+    # A plan ended after its first part on every process (a checkpoint inside it) learns from every process's first part.
+    selector = _configs()["learnability"](4, "local")
+    parts = selector.select_plan(_plan_candidates(1, rank), PLAN_STEPS)
+    selector.observe(parts[0], _observed_losses(parts[0].batch, 0))
+    dropped = selector.end_plan()
+    selector.check_synchronized()
+    results["ended-plan"] = {"mine": parts[0].batch["id"].tolist(), "ids": selector.last_step["ids"].tolist(),
+                             "step": selector.step, "dropped": dropped, "memory": len(selector.scorer.memory)}
     # A NaN loss on one process stops every process at that step of the plan (none waits in a collective).
     selector = _configs()["learnability"](4, "local")
     part = selector.select_plan(_plan_candidates(0, rank), PLAN_STEPS)[0]
@@ -363,6 +371,15 @@ def test_local_plans_keep_the_selector_identical_and_scale_each_steps_loss(two_p
             # Each step: the average of the two processes' losses (and gradients) is the weighted mean over all.
             assert (p0["loss"] + p1["loss"]) / 2 == pytest.approx(mean, rel=1e-6)
             assert torch.allclose(torch.tensor(p0["grad"] + p1["grad"]) / 2, weights / len(weights))
+
+
+def test_a_plan_ended_early_learns_from_every_processs_observed_parts(two_process_selection):
+    _, ranks = two_process_selection
+    r0, r1 = ranks[0]["ended-plan"], ranks[1]["ended-plan"]
+    assert (len(r0["mine"]), len(r1["mine"])) == (4, SHORT)
+    assert r0["ids"] == r1["ids"] == r0["mine"] + r1["mine"]
+    assert r0["step"] == r1["step"] == 1 and r0["dropped"] == r1["dropped"] == 1
+    assert r0["memory"] == r1["memory"] == 4 + SHORT
 
 
 # ---------------------------------------------------------------- 2 processes: gradients with DDP

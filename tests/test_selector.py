@@ -17,6 +17,7 @@ from online_select import (
     ReferenceTable,
     Scorer,
 )
+from online_select.batch import take
 
 
 def _batch(b=32, start=0, g=None):
@@ -410,6 +411,43 @@ def test_plan_misuse_is_named():
     with pytest.raises(RuntimeError, match="once each"):
         selector.observe(parts[1], torch.ones(8))
     assert selector.step == 2 and "scorer" in selector.state_dict()
+
+
+def _same(a, b) -> bool:
+    """Nested states equal, tensors exactly (NaN equal to NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))
+    return a == b
+
+
+def test_ending_a_plan_early_leaves_the_state_of_a_shorter_plan():
+    candidates = _batch(128)
+    model = torch.nn.Linear(5, 3)
+
+    def run(steps, batch, observe):
+        torch.manual_seed(0)
+        selector = _selector()
+        parts = selector.select_plan(batch, steps=steps)
+        for part in parts[:observe]:
+            selector.observe(part, F.cross_entropy(model(part.batch["input"]), part.batch["label"], reduction="none").detach())
+        return selector, parts
+
+    ended, parts = run(4, candidates, observe=2)
+    assert ended.end_plan() == 2 and ended.end_plan() == 0
+    shorter, short_parts = run(2, take(candidates, torch.arange(64)), observe=2)
+    assert [p.batch["id"].tolist() for p in parts[:2]] == [p.batch["id"].tolist() for p in short_parts]
+    state, expected = ended.state_dict(), shorter.state_dict()
+    assert state["step"] == expected["step"] == 2 and state["samples_seen"] == expected["samples_seen"] == 64
+    assert _same(state["scorer"], expected["scorer"]) and state["scorer"]["updates"] == 1
+    with pytest.raises(RuntimeError, match="dropped by end_plan"):
+        ended.observe(parts[2], torch.ones(8))
+    ended.select(_batch(start=128))  # the next selection goes on as after any plan
+    none_observed, _ = run(4, candidates, observe=0)
+    assert none_observed.end_plan() == 4 and none_observed.step == 0 and len(none_observed.scorer.memory) == 0
 
 
 def test_a_plan_skips_nonfinite_losses_when_told():
