@@ -68,3 +68,22 @@ def test_empty_batch_is_an_error():
 def test_unsliceable_type_is_an_error():
     with pytest.raises(BatchError, match="expected a tensor"):
         batch_size({"x": object()})
+
+
+def test_concat_joins_batches_of_one_structure_and_names_a_mismatch():
+    from online_select.batch import concat
+
+    Pair = namedtuple("Pair", "x y")
+    a = {"x": torch.ones(2, 3), "ids": np.arange(2), "text": ["a", "b"], "pair": Pair(torch.zeros(2), torch.ones(2)), "scale": 2.0}
+    b = {"x": torch.zeros(1, 3), "ids": np.arange(2, 3), "text": ["c"], "pair": Pair(torch.ones(1), torch.zeros(1)), "scale": 3.0}
+    joined = concat([a, b])
+    assert batch_size(joined) == 3 and joined["scale"] == 2.0 and joined["text"] == ["a", "b", "c"]
+    assert torch.equal(joined["x"], torch.cat([a["x"], b["x"]])) and joined["ids"].tolist() == [0, 1, 2]
+    assert isinstance(joined["pair"], Pair) and joined["pair"].x.tolist() == [0, 0, 1]
+    assert torch.equal(take(joined, torch.arange(2))["x"], a["x"])
+    with pytest.raises(BatchError, match=r"batch\['x'\] of batch 1 has shape \(1, 4\)"):
+        concat([a, dict(b, x=torch.zeros(1, 4))])
+    with pytest.raises(BatchError, match="fields"):
+        concat([a, {"x": b["x"]}])
+    with pytest.raises(BatchError, match="at least one"):
+        concat([])
