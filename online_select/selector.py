@@ -740,7 +740,9 @@ class OnlineSelector:
         """One step of a plan: its loss now; the learning from all the plan's steps once the last is in."""
         plan = part.plan
         if all(part is not kept for kept in plan.parts):
-            raise RuntimeError("this part of a select_plan was dropped by end_plan(): its samples are not to be trained on")
+            raise RuntimeError(
+                "this part of a select_plan was dropped by end_plan() or load_state_dict(): its samples are not to be trained on"
+            )
         if not plan.open or plan.parts[len(plan.observed)] is not part:
             raise RuntimeError("observe the parts of a select_plan once each, in the order it returned them")
         group = self._process_group()
@@ -1101,6 +1103,9 @@ class OnlineSelector:
     def load_state_dict(self, state: dict) -> None:
         if state.get("policy") != self.policy.name:
             raise ValueError(f"selector state is for policy {state.get('policy')!r}, not {self.policy.name!r}")
+        if self._plan is not None:  # a plan open when the state is replaced is void: its parts cannot be observed
+            self._plan.parts = self._plan.parts[: len(self._plan.observed)]
+            self._plan = None
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.nonfinite_losses = int(state["nonfinite_losses"])

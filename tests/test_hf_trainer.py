@@ -183,3 +183,77 @@ def test_policy_scoring_with_the_large_model_itself(tmp_path):
     trainer.train()
     assert scored == [16, 16]  # every candidate scored by the large model, once per step
     assert trainer.selector.step == 2 and trainer.selector.scorer is None
+
+
+def _spy_plans(trainer):
+    """Record the steps of every select_plan and the parts every end_plan drops."""
+    calls = {"plans": [], "dropped": []}
+    select_plan, end_plan = trainer.selector.select_plan, trainer.selector.end_plan
+    trainer.selector.select_plan = lambda batch, steps, ids=None: calls["plans"].append(steps) or select_plan(batch, steps, ids)
+
+    def ending():
+        dropped = end_plan()
+        calls["dropped"].append(dropped)
+        return dropped
+
+    trainer.selector.end_plan = ending
+    return calls
+
+
+def test_plans_score_several_candidate_batches_at_once_and_keep_the_schedule(tmp_path):
+    model = bert()
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]) if m.training else None, with_kwargs=True)
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=4, plan_steps=3)
+    calls = _spy_plans(trainer)
+    trainer.train()
+    # 4 candidate batches an epoch: a plan of 3, the epoch's last batch alone, then 3 more of which the run trains 2.
+    assert calls["plans"] == [3, 3] and calls["dropped"][-1] == 1
+    assert seen == [4] * 6 and trainer.selector.step == 6 and trainer.selector.samples_seen == 6 * 16
+    assert int(trainer.selector.scorer.memory.count.sum()) == 6 * 4
+    plain = Trainer(model=bert(), args=args(tmp_path / "plain"), train_dataset=cls_dataset().remove_columns(["id", "note"]))
+    plain.train()
+    assert trainer.lr_scheduler.get_last_lr() == plain.lr_scheduler.get_last_lr()
+    assert "scorer" in trainer.selector.state_dict()  # no plan is left open
+
+
+def test_a_checkpoint_inside_a_plan_ends_it_and_a_resumed_run_repeats_the_selections(tmp_path):
+    def run(out, max_steps, resume=None):
+        a = args(out, max_steps=max_steps, save_strategy="steps", save_steps=3, logging_steps=3, gradient_accumulation_steps=2,
+                 per_device_train_batch_size=8)
+        trainer = SelectiveTrainer(model=bert(), args=a, train_dataset=cls_dataset(), keep=2, plan_steps=4)
+        calls = _spy_plans(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, calls
+
+    full, calls = run(tmp_path / "full", 6)
+    # 8 candidate batches an epoch, 2 a step: the checkpoint after step 3 ends the plan of steps 3-4 halfway,
+    # and the epoch's last 2 candidate batches are planned again.
+    assert calls["plans"][:4] == [4, 4, 2, 4] and calls["dropped"][0] == 2
+    run(tmp_path / "split", 3)
+    resumed, _ = run(tmp_path / "split", 6, resume=True)
+    assert resumed.selector.step == full.selector.step == 12
+    assert torch.equal(resumed.selector.scorer.memory.count, full.selector.scorer.memory.count)
+    # The same samples picked at the same steps (Trainer's own resume is not bitwise: the losses differ slightly).
+    assert torch.equal(resumed.selector.scorer.memory.last_step, full.selector.scorer.memory.last_step)
+
+
+def test_plans_are_cut_where_batches_change_shape_and_misuse_is_named(tmp_path, caplog):
+    batches = iter(range(10**6))
+
+    def pad(features):  # dynamic padding: the length of a batch depends on the batch (here, every other one is longer)
+        length = max(len(f["input_ids"]) for f in features) + next(batches) % 2
+        return {"input_ids": torch.tensor([f["input_ids"] + [0] * (length - len(f["input_ids"])) for f in features]),
+                "labels": torch.tensor([f["label"] for f in features]), "id": torch.tensor([f["id"] for f in features])}
+
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=4), train_dataset=cls_dataset(), data_collator=pad,
+                               keep=4, plan_steps=4, explore=0.0)
+    calls = _spy_plans(trainer)
+    with caplog.at_level("WARNING", logger="online_select.hf.trainer"):
+        trainer.train()
+    assert calls["plans"] == [] and trainer.selector.step == 4  # every batch a shape of its own: one plan each
+    assert "pad every batch to one length" in caplog.text
+    with pytest.raises(ValueError, match="whole number"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, plan_steps=0)
+    with pytest.raises(ValueError, match="needs keep="):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), plan_steps=2)

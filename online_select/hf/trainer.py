@@ -19,6 +19,8 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..batch import concat, map_fields
+from ..distributed import ProcessGroup
 from ..policies import get_policy
 from ..reference import Reference
 from ..scorer import Scorer
@@ -58,6 +60,13 @@ class SelectiveTrainer(Trainer):
         id_column: the dataset column with stable sample ids (see :func:`online_select.hf.add_ids`);
             kept by ``remove_unused_columns`` and never passed to the model.
         selection_columns: more columns the selector or scorer needs, kept and not passed to the model.
+        plan_steps: score this many candidate batches (selector steps: one per micro-batch) in one pass
+            and let the selector learn once from all their picks (:meth:`OnlineSelector.select_plan`):
+            fewer, larger scoring passes where selection's per-step cost shows (a short large step).
+            Batches of one plan must have one shape: pad to a fixed length; a batch of another shape
+            (an epoch's short last batch, dynamic padding) starts a plan of its own. A checkpoint or the
+            end of training inside a plan ends it early (:meth:`OnlineSelector.end_plan`) and its unused
+            candidates are planned again, so a resumed run repeats the uninterrupted one.
     """
 
     def __init__(
@@ -74,6 +83,7 @@ class SelectiveTrainer(Trainer):
         token_selection: TokenSelection | None = None,
         id_column: str = "id",
         selection_columns: Iterable[str] = (),
+        plan_steps: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -83,6 +93,11 @@ class SelectiveTrainer(Trainer):
         self.selector = self._build_selector(selector, keep, policy, scorer, reference, explore, selection_options or {})
         self._selecting = self.selector is not None or token_selection is not None
         self._pending: deque[SelectedBatch | None] = deque()
+        self.plan_steps = plan_steps
+        self._planned: deque[tuple[Any, SelectedBatch]] = deque()  # (candidate batch, its planned part) not yet trained
+        self._unplanned: list[Any] = []  # candidate batches fetched but not planned yet
+        self._plan_source: Any = None  # the epoch iterator they came from
+        self._warned_shapes = False
         self._token_counts = [0, 0]  # kept and real target tokens since the last log line
         # Trainer reads loss_is_scaled_for_ga from transformers 5.19 on; before, it divides by the accumulation
         # steps exactly when num_items_in_batch is None, which is when compute_loss below does not scale.
@@ -97,6 +112,21 @@ class SelectiveTrainer(Trainer):
             )
         if self._selecting and self.compute_loss_func is not None:
             raise ValueError("compute_loss_func cannot be combined with selection: pass per_sample_loss= instead")
+        self._check_plan_steps()
+
+    def _check_plan_steps(self) -> None:
+        steps = self.plan_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"plan_steps must be a whole number >= 1, got {steps!r}")
+        if steps == 1:
+            return
+        if self.selector is None:
+            raise ValueError("plan_steps > 1 plans selection: it needs keep= (or selector=)")
+        if self.args.world_size > 1 and self.selector.distributed != "local":
+            raise ValueError(
+                f"plan_steps > 1 across processes needs distributed='local' selection (got {self.selector.distributed!r}); "
+                "pass selection_options={'distributed': 'local'} or plan_steps=1"
+            )
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -170,26 +200,32 @@ class SelectiveTrainer(Trainer):
     def _select(self, batch: Mapping) -> SelectedBatch | None:
         if self.selector is None:
             return None
+        return self.selector.select(batch, ids=self._ids_of(batch))
+
+    def _ids_of(self, batch: Mapping) -> Any:
         ids = batch.get(self.id_column) if isinstance(batch, Mapping) else None
         if ids is None and self.selector.needs_ids:
             raise ValueError(
                 f"the selector needs sample ids but the batch has no {self.id_column!r} column; add stable ids "
                 "to the dataset with online_select.hf.add_ids(dataset) (or set id_column=)"
             )
-        return self.selector.select(batch, ids=ids)
+        return ids
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """Fetch a gradient-accumulation window of candidate batches and select within each one,
         so that ``num_items_in_batch`` counts the selected items only."""
         if not self._selecting:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
-        candidates = []
+        if epoch_iterator is not self._plan_source:  # a new epoch: what the last one left is not trained on
+            self._drop_plan()
+            self._plan_source = epoch_iterator
+        candidates, selections = [], []
         for _ in range(num_batches):
-            try:
-                candidates.append(next(epoch_iterator))
-            except StopIteration:
+            fetched = self._next_selection(epoch_iterator)
+            if fetched is None:
                 break
-        selections = [self._select(batch) for batch in candidates]
+            candidates.append(fetched[0])
+            selections.append(fetched[1])
         batches = [c if s is None else s.batch for c, s in zip(candidates, selections)]
         self._pending.clear()
         self._pending.extend(selections)
@@ -197,6 +233,62 @@ class SelectiveTrainer(Trainer):
         if num_items is not None and self.token_selection is not None:
             num_items = self._kept_tokens_in_window(batches, device)
         return batches, num_items
+
+    def _next_selection(self, epoch_iterator) -> tuple[Any, SelectedBatch | None] | None:
+        """The next candidate batch and its selection (a plan's next part); None at the epoch's end."""
+        if self.plan_steps == 1:
+            try:
+                batch = next(epoch_iterator)
+            except StopIteration:
+                return None
+            return batch, self._select(batch)
+        if not self._planned:
+            self._plan(epoch_iterator)
+        return self._planned.popleft() if self._planned else None
+
+    def _plan(self, epoch_iterator) -> None:
+        """Fetch up to plan_steps candidate batches and select for all of them in one pass."""
+        batches, self._unplanned = self._unplanned, []
+        while len(batches) < self.plan_steps:
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batches:
+            return
+        shapes = [_field_shapes(batch) for batch in batches]
+        steps = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), len(batches))
+        if steps < len(batches) and not self._warned_shapes and _per_sample_shapes(shapes[steps]) != _per_sample_shapes(shapes[0]):
+            self._warned_shapes = True
+            logger.warning(
+                "plan_steps=%d: candidate batches differ in shape past the batch size (dynamic padding?), so plans are "
+                "cut short where they do; pad every batch to one length (padding='max_length') to plan over all of them",
+                self.plan_steps,
+            )
+        group = ProcessGroup.current()
+        if group is not None:  # every process's plan has the same steps, or their collectives would not pair up
+            steps = min(group.all_gather_objects(steps))
+        batches, self._unplanned = batches[:steps], batches[steps:]
+        if steps == 1:
+            self._planned.append((batches[0], self._select(batches[0])))
+            return
+        joined = concat(batches)
+        parts = self.selector.select_plan(joined, steps, ids=self._ids_of(joined))
+        self._planned.extend(zip(batches, parts))
+
+    def _drop_plan(self) -> None:
+        """End an open plan early (a checkpoint, the end of an epoch): its untrained candidates are
+        planned again, from the next plan on."""
+        if self.selector is None or not (self._planned or self._unplanned):
+            return
+        self.selector.end_plan()
+        self._unplanned = [batch for batch, _ in self._planned] + self._unplanned
+        self._planned.clear()
+
+    def _let_go_of_plans(self) -> None:
+        """Between runs: the selector learns from what a plan trained on, and its other candidates are let go."""
+        self._drop_plan()
+        self._unplanned, self._plan_source = [], None
 
     def _token_mask(self, batch: Mapping) -> torch.Tensor:
         labels = causal_lm_labels(batch["input_ids"], batch.get("attention_mask"), batch.get("labels"))
@@ -274,6 +366,7 @@ class SelectiveTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         if self.selector is not None:
+            self._drop_plan()  # the state is saved between plans; a resumed run plans these candidates again
             # Written first and atomically: a checkpoint folder never has a half-written selector state.
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
@@ -299,12 +392,31 @@ class SelectiveTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        self._let_go_of_plans()  # an earlier run stopped inside a plan
         if resume_from_checkpoint and self.selector is not None:
             if not self.load_selector_state(str(resume_from_checkpoint)):
                 logger.warning(
                     "checkpoint %s has no selector state (saved by a plain Trainer?): selection starts afresh",
                     resume_from_checkpoint,
                 )
-        return super().train(
+        result = super().train(
             resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
         )
+        self._let_go_of_plans()  # max_steps inside a plan
+        return result
+
+
+def _field_shapes(batch: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Each per-sample field's path and shape (a list's length)."""
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+
+    def visit(path: str, value: Any) -> Any:
+        shapes.append((path, tuple(value.shape) if hasattr(value, "shape") else (len(value),)))
+        return value
+
+    map_fields(batch, visit)
+    return shapes
+
+
+def _per_sample_shapes(shapes: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(path, shape[1:]) for path, shape in shapes]
