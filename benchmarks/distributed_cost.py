@@ -12,7 +12,8 @@ waits for it), median over the measured steps; "moved" is how many selected samp
 in ``global`` mode (while the scorer is cold its scores tie, top-k breaks ties by position, and the
 picks pile up on one process, so the early steps move the most). A one-process row (B and k, no
 communication, measured alone before the processes start) shows what the same selection work costs
-without any.
+without any. The "plans of 4" rows select once per 4 steps (``select_plan``, ``local``), their times per step
+(a plan's divided by 4): each step's ``observe`` gathers that step's losses, the plan's last one the rest.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from online_select import OnlineSelector, ReferenceTable, Scorer
+from online_select.batch import concat
 from online_select.distributed import ProcessGroup
 
 PAYLOADS = {"1x28x28 f32 (3.1 KB)": (1, 28, 28), "3x96x96 f32 (110.6 KB)": (3, 96, 96)}
 NUM_IDS = 60_000
+PLAN_STEPS = 4
+PLANNED = f"plans of {PLAN_STEPS}"
 
 
 def _selector(mode: str, keep: int) -> OnlineSelector:
@@ -44,6 +48,17 @@ def _batch(step: int, rank: int, world: int, size: int, inputs: torch.Tensor) ->
     ids = torch.randperm(NUM_IDS, generator=torch.Generator().manual_seed(step))[: size * world]
     ids = ids[rank * size : (rank + 1) * size]
     return {"input": inputs, "label": ids % 10, "id": ids}
+
+
+def _plan(selector: OnlineSelector, batches: list[dict]) -> tuple[float, float, int]:
+    """One plan over ``batches`` (one step's candidates each): select and observe seconds per step."""
+    start = time.perf_counter()
+    parts = selector.select_plan(concat(batches), len(batches))
+    middle = time.perf_counter()
+    for part in parts:
+        selector.observe(part, (part.batch["id"] % 97).float() / 40)
+    end = time.perf_counter()
+    return (middle - start) / len(batches), (end - middle) / len(batches), 0
 
 
 def _step(selector: OnlineSelector, batch: dict, rank: int, size: int) -> tuple[float, float, int]:
@@ -62,14 +77,20 @@ def _measure(rank: int, world: int, args: argparse.Namespace) -> list[dict]:
     rows = []
     for payload, shape in PAYLOADS.items():
         inputs = torch.randn(args.candidates, *shape)
-        modes = ("local", "global") if world > 1 else ("one process",)
-        selectors = {mode: _selector(mode if world > 1 else "local", args.keep) for mode in modes}
+        modes = ("local", "global", PLANNED) if world > 1 else ("one process", PLANNED)
+        selectors = {mode: _selector("global" if mode == "global" else "local", args.keep) for mode in modes}
         samples: dict[str, list] = {mode: [] for mode in modes}
         for step in range(args.warmup + args.steps):
             for mode in modes:
-                timing = _step(
-                    selectors[mode], _batch(step, rank, world, args.candidates, inputs), rank, args.candidates
-                )
+                if mode == PLANNED:  # a plan every PLAN_STEPS-th step, over those steps' candidates
+                    if step % PLAN_STEPS:
+                        continue
+                    batches = [_batch(s, rank, world, args.candidates, inputs) for s in range(step, step + PLAN_STEPS)]
+                    timing = _plan(selectors[mode], batches)
+                else:
+                    timing = _step(
+                        selectors[mode], _batch(step, rank, world, args.candidates, inputs), rank, args.candidates
+                    )
                 if step >= args.warmup:
                     samples[mode].append(timing)
         for mode in modes:
@@ -116,6 +137,12 @@ def _communication_ms(mode: str, args: argparse.Namespace, sample_bytes: int, mo
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
+        if mode == PLANNED:  # a plan's collectives, per step: each step's losses, then the plan's rows once
+            for _ in range(PLAN_STEPS):
+                group.all_gather_rows(observed[:, :1], torch.zeros(0), max_rows=args.keep)
+            group.all_gather_rows(observed.repeat(PLAN_STEPS, 1), torch.zeros(4), max_rows=args.keep * PLAN_STEPS)
+            times.append((time.perf_counter() - start) / PLAN_STEPS)
+            continue
         if mode == "global":
             group.all_gather_rows(signals, torch.zeros(1), max_rows=args.candidates)
             if per_peer:
@@ -142,12 +169,13 @@ def _table(rows: list[dict], args: argparse.Namespace, collective_ms: float | No
         f"B={args.candidates} candidates and k={args.keep} kept per process; median of {args.steps} steps "
         f"after {args.warmup} warm-up; CPU, gloo, 1 thread per process",
         "",
-        "| payload per sample | mode | processes | select ms | observe ms | total ms/step | vs local "
+        "| payload per sample | mode | processes | select ms | observe ms | total ms/step | vs local (one process) "
         "| samples moved/step (mean, max) | KB moved/step (mean) | collectives alone ms/step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        local = next((r for r in rows if r["payload"] == row["payload"] and r["mode"] == "local"), None)
+        local = next((r for r in rows if r["payload"] == row["payload"] and r["processes"] == row["processes"]
+                      and r["mode"] in ("local", "one process")), None)
         ratio = f"{row['total_ms'] / local['total_ms']:.2f}x" if local else "-"
         lines.append(
             f"| {row['payload']} | {row['mode']} | {row['processes']} | {row['select_ms']:.2f} "
@@ -158,7 +186,8 @@ def _table(rows: list[dict], args: argparse.Namespace, collective_ms: float | No
         lines += [
             "",
             f"One tiny all_gather, back to back: {collective_ms:.2f} ms median. local makes 1 collective per step "
-            "(observe), global 2 or 3 (the signals in select, the all_to_all when samples move, 1 in observe). "
+            "(observe), global 2 or 3 (the signals in select, the all_to_all when samples move, 1 in observe), "
+            f"plans of {PLAN_STEPS} 1 a step and 1 more a plan. "
             "Step times above include waiting for the other process: with more runnable processes than cores "
             "they run in turns, so a collective waits for the other's compute; 'collectives alone' replays the "
             "same collectives back to back.",

@@ -42,6 +42,7 @@ class Reference:
     """Base class: per-candidate reference losses and scorer features."""
 
     needs_ids: bool = False
+    reads_candidates: bool = True  # False: looks candidates up by id alone (OnlineSelector.select_steps need not join them)
 
     def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -69,6 +70,7 @@ class ReferenceTable(Reference):
     """
 
     needs_ids = True
+    reads_candidates = False
 
     def __init__(self, losses: torch.Tensor, features: torch.Tensor | None = None) -> None:
         losses = torch.as_tensor(losses, dtype=torch.float32).flatten()

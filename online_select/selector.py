@@ -16,13 +16,13 @@ import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .batch import batch_size, map_fields, take
+from .batch import batch_size, concat, map_fields, take
 from .distributed import (
     MODES,
     DistributedSelectionError,
@@ -447,15 +447,63 @@ class OnlineSelector:
         if steps == 1:
             return [self.select(candidate_batch, ids)]
         start = time.perf_counter()
+        self._check_plan_allowed()
+        n = batch_size(candidate_batch)
+        if n % steps:
+            raise ValueError(f"a plan of {steps} steps needs a candidate batch divisible into {steps} steps' candidates, got {n}")
+        return self._plan_steps(candidate_batch, None, self._ids(candidate_batch, ids, n), steps, n, start)
+
+    @property
+    def reads_candidates(self) -> bool:
+        """Whether scoring reads the candidates themselves (a scorer or reference model, the large model's
+        or a proxy's losses), not only their ids."""
+        return (
+            (self.reference is not None and self.reference.reads_candidates)
+            or (self.scorer is not None and self.scorer.model is not None)
+            or self.policy.needs_large_forward
+            or self.proxy is not None
+        )
+
+    def select_steps(self, step_batches: Sequence[Any], ids: Sequence[Any] | None = None) -> list[SelectedBatch]:
+        """:meth:`select_plan` over one candidate batch per step (``ids``: one id tensor per batch, or from
+        the batches). When scoring needs only ids (:attr:`reads_candidates` is False: the loss memory and a
+        ``ReferenceTable``) the batches are never joined, so they may differ in shape past the batch size
+        (dynamic padding) and large inputs are not copied; each step's picks come from its own batch.
+        Otherwise they are joined (:func:`online_select.batch.concat`) and must share one shape.
+        """
+        steps = len(step_batches)
+        if steps == 0:
+            raise ValueError("select_steps needs at least one candidate batch")
+        if ids is not None and len(ids) != steps:
+            raise ValueError(f"select_steps got {steps} candidate batches but {len(ids)} id tensors")
+        if steps == 1:
+            return [self.select(step_batches[0], None if ids is None else ids[0])]
+        if self.reads_candidates:
+            joined_ids = None if ids is None else torch.cat([torch.as_tensor(i) for i in ids])
+            return self.select_plan(concat(step_batches), steps, joined_ids)
+        start = time.perf_counter()
+        self._check_plan_allowed()
+        width = batch_size(step_batches[0])
+        for i, batch in enumerate(step_batches[1:], 1):
+            if batch_size(batch) != width:
+                raise ValueError(f"a plan's steps need one candidate count: batch {i} has {batch_size(batch)}, batch 0 has {width}")
+        step_ids = [self._ids(batch, None if ids is None else ids[i], width) for i, batch in enumerate(step_batches)]
+        all_ids = None if step_ids[0] is None else torch.cat(step_ids)
+        return self._plan_steps(None, list(step_batches), all_ids, steps, width * steps, start)
+
+    def _check_plan_allowed(self) -> None:
         self._check_no_open_plan()
         group = self._process_group()
         if group is not None and self.distributed == "global":
             raise ValueError("select_plan needs distributed='local' across processes; with 'global' call select() at every step")
-        n = batch_size(candidate_batch)
-        if n % steps:
-            raise ValueError(f"a plan of {steps} steps needs a candidate batch divisible into {steps} steps' candidates, got {n}")
+
+    def _plan_steps(
+        self, candidate_batch: Any, step_batches: list | None, ids: torch.Tensor | None, steps: int, n: int, start: float
+    ) -> list[SelectedBatch]:
+        """A plan over ``n`` candidates, given joined (``candidate_batch``) or per step (``step_batches``,
+        read for the picks only)."""
+        group = self._process_group()
         per_step = (resolve_keep if group is None else local_keep)(self.keep, n // steps)
-        ids = self._ids(candidate_batch, ids, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
         # Scored in one pass; each step draws its k from its own B candidates, as select() would.
         width = n // steps
@@ -474,8 +522,12 @@ class OnlineSelector:
         parts = []
         for i in range(steps):
             rows = slice(i * per_step, (i + 1) * per_step)
+            if step_batches is None:
+                batch = map_fields(selected.batch, lambda _, value, rows=rows: value[rows])
+            else:
+                batch = take(step_batches[i], chosen[i][1].indices)
             part = SelectedBatch(
-                batch=map_fields(selected.batch, lambda _, value, rows=rows: value[rows]),
+                batch=batch,
                 indices=selected.indices[rows],
                 weights=selected.weights[rows],
                 explored=selected.explored[rows],

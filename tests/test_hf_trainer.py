@@ -186,10 +186,16 @@ def test_policy_scoring_with_the_large_model_itself(tmp_path):
 
 
 def _spy_plans(trainer):
-    """Record the steps of every select_plan and the parts every end_plan drops."""
+    """Record the steps of every plan and the parts every end_plan drops."""
     calls = {"plans": [], "dropped": []}
-    select_plan, end_plan = trainer.selector.select_plan, trainer.selector.end_plan
-    trainer.selector.select_plan = lambda batch, steps, ids=None: calls["plans"].append(steps) or select_plan(batch, steps, ids)
+    select_steps, end_plan = trainer.selector.select_steps, trainer.selector.end_plan
+
+    def planning(batches, ids=None):
+        if len(batches) > 1:
+            calls["plans"].append(len(batches))
+        return select_steps(batches, ids)
+
+    trainer.selector.select_steps = planning
 
     def ending():
         dropped = end_plan()
@@ -246,13 +252,19 @@ def test_plans_are_cut_where_batches_change_shape_and_misuse_is_named(tmp_path, 
         return {"input_ids": torch.tensor([f["input_ids"] + [0] * (length - len(f["input_ids"])) for f in features]),
                 "labels": torch.tensor([f["label"] for f in features]), "id": torch.tensor([f["id"] for f in features])}
 
-    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=4), train_dataset=cls_dataset(), data_collator=pad,
-                               keep=4, plan_steps=4, explore=0.0)
-    calls = _spy_plans(trainer)
-    with caplog.at_level("WARNING", logger="online_select.hf.trainer"):
-        trainer.train()
-    assert calls["plans"] == [] and trainer.selector.step == 4  # every batch a shape of its own: one plan each
-    assert "pad every batch to one length" in caplog.text
+    def train(**selection):
+        trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=4), train_dataset=cls_dataset(), data_collator=pad,
+                                   keep=4, plan_steps=4, explore=0.0, **selection)
+        calls = _spy_plans(trainer)
+        with caplog.at_level("WARNING", logger="online_select.hf.trainer"):
+            trainer.train()
+        assert trainer.selector.step == 4
+        return calls["plans"]
+
+    # The default scores by id (loss memory): the batches are never joined, so their lengths may differ.
+    assert train() == [4] and "pad every batch" not in caplog.text
+    # A policy that reads the candidates (the large model's losses) joins them: every batch a shape of its own.
+    assert train(policy="large_loss") == [] and "pad every batch to one length" in caplog.text
     with pytest.raises(ValueError, match="whole number"):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, plan_steps=0)
     with pytest.raises(ValueError, match="needs keep="):

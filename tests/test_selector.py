@@ -17,7 +17,7 @@ from online_select import (
     ReferenceTable,
     Scorer,
 )
-from online_select.batch import take
+from online_select.batch import BatchError, concat, take
 
 
 def _batch(b=32, start=0, g=None):
@@ -448,6 +448,37 @@ def test_ending_a_plan_early_leaves_the_state_of_a_shorter_plan():
     ended.select(_batch(start=128))  # the next selection goes on as after any plan
     none_observed, _ = run(4, candidates, observe=0)
     assert none_observed.end_plan() == 4 and none_observed.step == 0 and len(none_observed.scorer.memory) == 0
+
+
+def test_a_plan_over_separate_batches_selects_as_over_the_joined_one_without_joining_them():
+    batches = [_batch(32, start=32 * i) for i in range(4)]
+    model = torch.nn.Linear(5, 3)
+
+    def run(plan):
+        torch.manual_seed(0)
+        selector = _selector()
+        assert not selector.reads_candidates  # the memory and a ReferenceTable look candidates up by id
+        picks = []
+        for _ in range(2):
+            for part in plan(selector):
+                picks.append(part.batch["id"].tolist())
+                selector.observe(part, F.cross_entropy(model(part.batch["input"]), part.batch["label"], reduction="none").detach())
+        return selector, picks
+
+    joined, joined_picks = run(lambda selector: selector.select_plan(concat(batches), steps=4))
+    separate, separate_picks = run(lambda selector: selector.select_steps(batches))
+    assert separate_picks == joined_picks and _same(separate.state_dict()["scorer"], joined.state_dict()["scorer"])
+    # Never joined, so each step's batch may have its own padded length; each part is cut from its own batch.
+    padded = [dict(batch, tokens=torch.zeros(32, 3 + i)) for i, batch in enumerate(batches)]
+    parts = _selector().select_steps(padded)
+    assert [part.batch["tokens"].shape[1] for part in parts] == [3, 4, 5, 6]
+    assert all(part.batch["text"] == [f"sample {int(i)}" for i in part.batch["id"]] for part in parts)
+    reading = OnlineSelector("large_loss", keep=8, large_loss_fn=lambda batch: batch["input"].sum(1))
+    assert reading.reads_candidates
+    with pytest.raises(BatchError, match=r"batch\['tokens'\] of batch 1 has shape"):
+        reading.select_steps(padded)
+    with pytest.raises(ValueError, match="one candidate count"):
+        _selector().select_steps([batches[0], _batch(16, start=500)])
 
 
 def test_a_plan_skips_nonfinite_losses_when_told():

@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..batch import concat, map_fields
+from ..batch import batch_size, map_fields
 from ..distributed import ProcessGroup
 from ..policies import get_policy
 from ..reference import Reference
@@ -63,10 +63,13 @@ class SelectiveTrainer(Trainer):
         plan_steps: score this many candidate batches (selector steps: one per micro-batch) in one pass
             and let the selector learn once from all their picks (:meth:`OnlineSelector.select_plan`):
             fewer, larger scoring passes where selection's per-step cost shows (a short large step).
-            Batches of one plan must have one shape: pad to a fixed length; a batch of another shape
-            (an epoch's short last batch, dynamic padding) starts a plan of its own. A checkpoint or the
-            end of training inside a plan ends it early (:meth:`OnlineSelector.end_plan`) and its unused
-            candidates are planned again, so a resumed run repeats the uninterrupted one.
+            A plan's batches need one candidate count (an epoch's short last batch starts a plan of its
+            own) and, if the selector reads the candidates themselves (a scorer or reference model, the
+            large model's losses), one shape, since they are then joined: pad to a fixed length. Scoring
+            by id (the loss memory, a ``ReferenceTable``) never joins them (:meth:`OnlineSelector.select_steps`).
+            A checkpoint or the end of training inside a plan ends it early
+            (:meth:`OnlineSelector.end_plan`) and its unused candidates are planned again, so a resumed
+            run repeats the uninterrupted one.
     """
 
     def __init__(
@@ -256,13 +259,17 @@ class SelectiveTrainer(Trainer):
                 break
         if not batches:
             return
-        shapes = [_field_shapes(batch) for batch in batches]
+        # A plan's steps need one candidate count (an epoch's last batch may be short) and, when the selector
+        # reads the candidates themselves (they are joined), one shape.
+        joined = self.selector.reads_candidates
+        shapes = [_field_shapes(batch) if joined else batch_size(batch) for batch in batches]
         steps = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), len(batches))
-        if steps < len(batches) and not self._warned_shapes and _per_sample_shapes(shapes[steps]) != _per_sample_shapes(shapes[0]):
+        if joined and steps < len(batches) and not self._warned_shapes and _per_sample_shapes(shapes[steps]) != _per_sample_shapes(shapes[0]):
             self._warned_shapes = True
             logger.warning(
-                "plan_steps=%d: candidate batches differ in shape past the batch size (dynamic padding?), so plans are "
-                "cut short where they do; pad every batch to one length (padding='max_length') to plan over all of them",
+                "plan_steps=%d: candidate batches differ in shape past the batch size (dynamic padding?) and this selector "
+                "reads the candidates, so plans are cut short where they do; pad every batch to one length "
+                "(padding='max_length') to plan over all of them",
                 self.plan_steps,
             )
         group = ProcessGroup.current()
@@ -272,8 +279,8 @@ class SelectiveTrainer(Trainer):
         if steps == 1:
             self._planned.append((batches[0], self._select(batches[0])))
             return
-        joined = concat(batches)
-        parts = self.selector.select_plan(joined, steps, ids=self._ids_of(joined))
+        ids = [self._ids_of(batch) for batch in batches]
+        parts = self.selector.select_steps(batches, ids=None if any(i is None for i in ids) else ids)
         self._planned.extend(zip(batches, parts))
 
     def _drop_plan(self) -> None:
