@@ -12,7 +12,7 @@ waits for it), median over the measured steps; "moved" is how many selected samp
 in ``global`` mode (while the scorer is cold its scores tie, top-k breaks ties by position, and the
 picks pile up on one process, so the early steps move the most). A one-process row (B and k, no
 communication, measured alone before the processes start) shows what the same selection work costs
-without any. The "plans of 4" rows select once per 4 steps (``select_plan``, ``local``), their times per step
+without any. The "plans of 4" rows select once per 4 steps (``select_steps``, ``local``), their times per step
 (a plan's divided by 4): each step's ``observe`` gathers that step's losses, the plan's last one the rest.
 """
 
@@ -28,7 +28,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from online_select import OnlineSelector, ReferenceTable, Scorer
-from online_select.batch import concat
 from online_select.distributed import ProcessGroup
 
 PAYLOADS = {"1x28x28 f32 (3.1 KB)": (1, 28, 28), "3x96x96 f32 (110.6 KB)": (3, 96, 96)}
@@ -53,7 +52,7 @@ def _batch(step: int, rank: int, world: int, size: int, inputs: torch.Tensor) ->
 def _plan(selector: OnlineSelector, batches: list[dict]) -> tuple[float, float, int]:
     """One plan over ``batches`` (one step's candidates each): select and observe seconds per step."""
     start = time.perf_counter()
-    parts = selector.select_plan(concat(batches), len(batches))
+    parts = selector.select_steps(batches)
     middle = time.perf_counter()
     for part in parts:
         selector.observe(part, (part.batch["id"] % 97).float() / 40)

@@ -269,3 +269,15 @@ def test_plans_are_cut_where_batches_change_shape_and_misuse_is_named(tmp_path, 
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, plan_steps=0)
     with pytest.raises(ValueError, match="needs keep="):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), plan_steps=2)
+
+
+@pytest.mark.parametrize("plan_steps", [1, 3])
+def test_an_epochs_short_last_batch_keeps_the_share_k_over_b(tmp_path, plan_steps):
+    model = bert()
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]) if m.training else None, with_kwargs=True)
+    # 72 samples in batches of 16: the epoch ends with 8 candidates, fewer than k = 12.
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path, max_steps=5), train_dataset=cls_dataset(72), keep=12,
+                               plan_steps=plan_steps)
+    trainer.train()
+    assert seen == [12, 12, 12, 12, 6] and trainer.selector.keep == 12

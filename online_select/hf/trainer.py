@@ -9,10 +9,11 @@ selection of a whole gradient-accumulation window happens before its first forwa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -203,7 +204,22 @@ class SelectiveTrainer(Trainer):
     def _select(self, batch: Mapping) -> SelectedBatch | None:
         if self.selector is None:
             return None
-        return self.selector.select(batch, ids=self._ids_of(batch))
+        with self._keep_share_of(batch_size(batch)):
+            return self.selector.select(batch, ids=self._ids_of(batch))
+
+    @contextlib.contextmanager
+    def _keep_share_of(self, candidates: int) -> Iterator[None]:
+        """A batch shorter than B (an epoch's last, with dataloader_drop_last=False) keeps the share k/B of
+        it when k is a count: k itself might exceed it."""
+        keep, full = self.selector.keep, self.args.per_device_train_batch_size
+        if isinstance(keep, bool) or not isinstance(keep, int) or candidates >= full:
+            yield
+            return
+        self.selector.keep = max(1, round(keep * candidates / full))
+        try:
+            yield
+        finally:
+            self.selector.keep = keep
 
     def _ids_of(self, batch: Mapping) -> Any:
         ids = batch.get(self.id_column) if isinstance(batch, Mapping) else None
