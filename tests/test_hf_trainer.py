@@ -272,7 +272,7 @@ def test_plans_are_cut_where_batches_change_shape_and_misuse_is_named(tmp_path, 
 
 
 @pytest.mark.parametrize("plan_steps", [1, 3])
-def test_an_epochs_short_last_batch_keeps_the_share_k_over_b(tmp_path, plan_steps):
+def test_an_epochs_last_batch_shorter_than_k_trains_on_all_of_it(tmp_path, plan_steps):
     model = bert()
     seen = []
     model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]) if m.training else None, with_kwargs=True)
@@ -280,4 +280,4 @@ def test_an_epochs_short_last_batch_keeps_the_share_k_over_b(tmp_path, plan_step
     trainer = SelectiveTrainer(model=model, args=args(tmp_path, max_steps=5), train_dataset=cls_dataset(72), keep=12,
                                plan_steps=plan_steps)
     trainer.train()
-    assert seen == [12, 12, 12, 12, 6] and trainer.selector.keep == 12
+    assert seen == [12, 12, 12, 12, 8] and trainer.selector.keep == 12

@@ -204,18 +204,18 @@ class SelectiveTrainer(Trainer):
     def _select(self, batch: Mapping) -> SelectedBatch | None:
         if self.selector is None:
             return None
-        with self._keep_share_of(batch_size(batch)):
+        with self._keep_at_most(batch_size(batch)):
             return self.selector.select(batch, ids=self._ids_of(batch))
 
     @contextlib.contextmanager
-    def _keep_share_of(self, candidates: int) -> Iterator[None]:
-        """A batch shorter than B (an epoch's last, with dataloader_drop_last=False) keeps the share k/B of
-        it when k is a count: k itself might exceed it."""
-        keep, full = self.selector.keep, self.args.per_device_train_batch_size
-        if isinstance(keep, bool) or not isinstance(keep, int) or candidates >= full:
+    def _keep_at_most(self, candidates: int) -> Iterator[None]:
+        """A count k larger than a batch (an epoch's short last one, with dataloader_drop_last=False) keeps the
+        whole batch, in one process as across processes in ``local`` mode (where the selector caps it itself)."""
+        keep = self.selector.keep
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep <= candidates or self.args.world_size > 1:
             yield
             return
-        self.selector.keep = max(1, round(keep * candidates / full))
+        self.selector.keep = candidates
         try:
             yield
         finally:
