@@ -548,9 +548,9 @@ class OnlineSelector:
         return parts
 
     def end_plan(self) -> int:
-        """End the last :meth:`select_plan` before all its parts are observed: learn from the parts
-        observed so far, as if the plan had been that long, and drop the others (their samples were
-        never trained on; observing one later is an error). Returns how many parts were dropped.
+        """End the last plan (:meth:`select_plan`, :meth:`select_steps`) before all its parts are observed:
+        learn from the parts observed so far, as if the plan had been that long, and drop the others (their
+        samples were never trained on; observing one later is an error). Returns how many were dropped.
 
         For a checkpoint or the end of training inside a plan: the saved state is then exactly the
         state a plan of the observed steps would have left. Across processes, call it on every process
