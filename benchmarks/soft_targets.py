@@ -109,12 +109,11 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
             with patch:
                 run_variant(name, folder, overrides + [DEFAULT, f"seed={seed}"], comparison)
             runs.setdefault(name, []).append(summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison))
-    print(f"\n{seeds} seed(s), {' '.join(overrides)}\n")
-    print("| run | best acc % | final acc % | flipped labels selected % |")
-    print("|---|---|---|---|")
-    for name, summaries in runs.items():
-        print(f"| {name} | {_fmt([100 * r.best for r in summaries], 2)} | {_fmt([100 * r.final for r in summaries], 2)} "
-              f"| {_fmt([100 * r.noisy_share for r in summaries], 1)} |")
+    table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n", "| run | best acc % | final acc % | flipped labels selected % |",
+             "|---|---|---|---|"]
+    table += [f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
+              f"| {_fmt([100 * r.noisy_share for r in rs], 1)} |" for name, rs in runs.items()]
+    print("\n".join(table))
 
 
 if __name__ == "__main__":
