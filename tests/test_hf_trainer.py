@@ -281,3 +281,14 @@ def test_an_epochs_last_batch_shorter_than_k_trains_on_all_of_it(tmp_path, plan_
                                plan_steps=plan_steps)
     trainer.train()
     assert seen == [12, 12, 12, 12, 8] and trainer.selector.keep == 12
+
+
+def test_a_plan_whose_policy_reads_the_candidates_scores_them_joined_once_a_plan(tmp_path):
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=4), train_dataset=cls_dataset(), keep=4,
+                               policy="large_loss", explore=0.0, plan_steps=2)
+    scored = []
+    original = trainer._large_loss
+    trainer.selector.large_loss_fn = lambda batch: scored.append(len(batch["input_ids"])) or original(batch)
+    trainer.train()
+    assert trainer.selector.reads_candidates and scored == [32, 32]  # two steps' 16 candidates, once a plan
+    assert trainer.selector.step == 4
