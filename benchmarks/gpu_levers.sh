@@ -13,7 +13,8 @@ mkdir -p "$out"
 python3 benchmarks/oracle_table.py "$recipe" "$out/oracle_table.safetensors" data.path="$data"
 jobs="$out/jobs.txt"
 : > "$jobs"
-add() { local name=$1 steps=$2 seed; shift 2; for seed in 0 1 2; do echo "$name $seed $steps $*" >> "$jobs"; done; }
+# No trailing blank on a line: xargs -L would join it with the next one.
+add() { local name=$1 steps=$2 seed; shift 2; for seed in 0 1 2; do echo "$name $seed $steps${*:+ $*}" >> "$jobs"; done; }
 add uniform_8000 8000 selection.policy=uniform
 add uniform_6000 6000 selection.policy=uniform
 add default 3000

