@@ -459,9 +459,8 @@ class OnlineSelector:
         or a proxy's losses), not only their ids."""
         return (
             (self.reference is not None and self.reference.reads_candidates)
-            or (self.scorer is not None and self.scorer.model is not None)
             or self.policy.needs_large_forward
-            or self.proxy is not None
+            or self._needs_batch()
         )
 
     def select_steps(self, step_batches: Sequence[Any], ids: Sequence[Any] | None = None) -> list[SelectedBatch]:
@@ -561,21 +560,24 @@ class OnlineSelector:
             return 0
         start = time.perf_counter()
         done, dropped = len(plan.observed), plan.steps - len(plan.observed)
-        last = plan.parts[done - 1] if done else None
         selected = _plan_head(plan.selected, done, plan.steps)
         plan.parts = plan.parts[:done]
         if done:
-            rows = selected.k
-            whole = torch.cat(plan.observed)
-            offsets = plan.step_offsets[:rows]
-            group = self._process_group()
-            if group is None:
-                view = self._view(selected, whole, offsets)
-            else:
-                view = self._gather_view(group, selected, whole, offsets)
-            all_finite = torch.isfinite(view.losses)
-            self._learn(view, all_finite, _kept_rows(all_finite), done, last, start)
+            self._learn_plan(selected, plan.observed, plan.step_offsets[: selected.k], plan.parts[-1], start)
         return dropped
+
+    def _learn_plan(
+        self, selected: SelectedBatch, observed: list[torch.Tensor], step_offsets: torch.Tensor, timed: SelectedBatch, start: float
+    ) -> None:
+        """The learning from a plan's observed parts (``selected``: their picks), across processes when there are several."""
+        whole = torch.cat(observed)
+        group = self._process_group()
+        if group is None:
+            view = self._view(selected, whole, step_offsets)
+        else:
+            view = self._gather_view(group, selected, whole, step_offsets)
+        all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
+        self._learn(view, all_finite, _kept_rows(all_finite), len(observed), timed, start)
 
     def _check_no_open_plan(self) -> None:
         if self._plan is not None and self._plan.open:
@@ -804,13 +806,7 @@ class OnlineSelector:
         finite, keep = self._finite(step_losses)
         plan.observed.append(observed)
         if not plan.open:
-            whole = torch.cat(plan.observed)
-            if group is None:
-                view = self._view(plan.selected, whole, plan.step_offsets)
-            else:
-                view = self._gather_view(group, plan.selected, whole, plan.step_offsets)
-            all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
-            self._learn(view, all_finite, _kept_rows(all_finite), plan.steps, part, start)
+            self._learn_plan(plan.selected, plan.observed, plan.step_offsets, part, start)
         else:
             part.timings["observe_s"] = time.perf_counter() - start
         return self._loss(part.weights, losses, observed, step_losses, finite, keep, group)
