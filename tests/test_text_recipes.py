@@ -7,7 +7,7 @@ import torch
 
 from online_select.bench import Comparison, RunSummary, summarise_run
 from online_select.cli import main
-from online_select.lm_corpus import JUNK_KINDS, BigramLM, build_noisy_corpus, garble, split_documents
+from online_select.lm_corpus import JUNK_KINDS, BigramLM, build_noisy_corpus, garble, read_text_folder, split_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the nation congress people state government year law public great country war peace trade "
@@ -41,6 +41,14 @@ def test_noisy_corpus_mixes_the_asked_fraction_of_each_junk_kind(text_folder):
     assert abs(float(corpus.noisy.float().mean()) - 0.4) < 0.03
     assert set(corpus.kind.unique().tolist()) == set(range(1 + len(JUNK_KINDS)))
     assert int(corpus.train.max()) < corpus.vocab_size
+
+
+def test_a_missing_text_folder_names_the_make_target_that_fetches_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make text-data") as raised:
+        read_text_folder(tmp_path / "absent")
+    assert str(tmp_path / "absent") in str(raised.value)
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "\ntext-data:" in makefile
 
 
 def test_documents_split_disjointly_and_garble_corrupts():
