@@ -21,7 +21,7 @@ import torch
 from online_select.bench import finished_run
 from online_select.config import load_config
 from online_select.loop import train
-from online_select.policies import POLICIES, REFERENCE_LOSS, Policy, Signals, _plausible
+from online_select.policies import POLICIES, REFERENCE_LOSS, Policy, Signals, plausible_labels
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lm_noisy_corpus.yaml"
 
@@ -30,8 +30,13 @@ def _reference_rank(s: Signals, options: dict) -> torch.Tensor:
     return torch.exp(-s.get(REFERENCE_LOSS).clamp_min(0.0))
 
 
+def _over_the_floor(s: Signals, options: dict) -> torch.Tensor | None:
+    floor = options.get("label_floor", 0.0)
+    return plausible_labels(s.get(REFERENCE_LOSS), floor) if floor > 0 else None
+
+
 POLICIES["reference_rank"] = Policy(
-    "reference_rank", (REFERENCE_LOSS,), _reference_rank, "the reference's p_ref over the floor, no scorer", _plausible
+    "reference_rank", (REFERENCE_LOSS,), _reference_rank, "the reference's p_ref over the floor, no scorer", _over_the_floor
 )
 
 
