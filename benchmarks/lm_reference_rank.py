@@ -12,16 +12,17 @@ Run: python benchmarks/lm_reference_rank.py OUT SEEDS UNIFORM_RUNS [DEFAULT_RUNS
 
 from __future__ import annotations
 
-import subprocess
+import dataclasses
 import sys
 from pathlib import Path
 
 import torch
+from steps_to_best import main_seeds
 
 from online_select.bench import finished_run
 from online_select.config import load_config
 from online_select.loop import train
-from online_select.policies import POLICIES, REFERENCE_LOSS, Policy, Signals, plausible_labels
+from online_select.policies import POLICIES, REFERENCE_LOSS, Signals
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lm_noisy_corpus.yaml"
 
@@ -30,13 +31,10 @@ def _reference_rank(s: Signals, options: dict) -> torch.Tensor:
     return torch.exp(-s.get(REFERENCE_LOSS).clamp_min(0.0))
 
 
-def _over_the_floor(s: Signals, options: dict) -> torch.Tensor | None:
-    floor = options.get("label_floor", 0.0)
-    return plausible_labels(s.get(REFERENCE_LOSS), floor) if floor > 0 else None
-
-
-POLICIES["reference_rank"] = Policy(
-    "reference_rank", (REFERENCE_LOSS,), _reference_rank, "the reference's p_ref over the floor, no scorer", _over_the_floor
+# reference_filter with p_ref as the score instead of a random one: the same signals and eligibility (the floor).
+POLICIES["reference_rank"] = dataclasses.replace(
+    POLICIES["reference_filter"], name="reference_rank", score_fn=_reference_rank,
+    description="the reference's p_ref over the floor, no scorer",
 )
 
 
@@ -47,8 +45,7 @@ def main(out: str, seeds: int, baselines: list[str], overrides: list[str]) -> No
                                                   f"output_dir={folder}", "train.progress=false"])
         if not finished_run(config, folder, "eval/loss"):
             train(config)
-    runs = baselines + [str(Path(out) / "seed{seed}")]
-    subprocess.run([sys.executable, str(Path(__file__).with_name("steps_to_best.py")), f"--seeds={seeds}", *runs], check=True)
+    main_seeds(seeds, baselines + [str(Path(out) / "seed{seed}")])
 
 
 if __name__ == "__main__":
