@@ -1,0 +1,100 @@
+"""Deferring the labels the reference is unsure of to the refresh: does the large model's first judgement stop the leak?
+
+The flipped labels that pass the reference's floor cost the default most of its gap to a perfect filter, and the
+large model fits them within two visits, after which no judgement tells them from clean samples (README, "Tried").
+This patch holds back every sample whose twin-halves ``p_ref`` lies between the label floor and ``below`` (where
+most of the flipped labels that pass the floor sit: ``benchmarks/label_posterior.py``): their reference loss is
+set under the floor, so they are not picked until the refresh (``reference.refresh_at``, a quarter of a long run)
+replaces it with the large model's loss on them, a held-out judgement since it has never trained on them. A patch
+on this script's runs, not a library option; the runs must refresh (4000 steps at the recipe's
+``refresh_at: auto`` do).
+
+Runs, seed by seed, the default and the default with each deferral, and prints best (smoothed over 3 evals) and
+final accuracy, the flipped share of the picks, how many samples were deferred (their flipped share) and how many
+the refresh admitted (their flipped share), mean ± std over seeds.
+
+Run: python benchmarks/defer_to_refresh.py OUT SEEDS [--below=0.3] [recipe overrides...]
+A run whose folder already holds a finished run of the same config is read back, not run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from levers import DEFAULT, run_variant
+from neighbour_vote import option
+
+import online_select.loop as loop_module
+from online_select.bench import Comparison, _fmt, read_metrics, summarise_run
+
+
+@contextlib.contextmanager
+def deferred_to_refresh(below: float) -> Iterator[None]:
+    """Patch the runs inside the block: labels with ``floor <= p_ref < below`` start under the floor."""
+    build = loop_module.build_selector
+
+    def build_deferring(config, task, large_loss_fn):
+        selector, report = build(config, task, large_loss_fn)
+        table, floor = selector.reference.table, selector.label_floor
+        p_ref = torch.exp(-table[task.train_ids].clamp_min(0.0))
+        unsure = task.train_ids[(p_ref >= floor) & (p_ref < below)]
+        # under the floor until the refresh replaces it
+        selector.reference.replace_losses(unsure, torch.full((unsure.numel(),), -math.log(floor / 2)))
+        report["reference/deferred"] = float(unsure.numel())
+        report["reference/deferred_noisy_share"] = float(task.is_noisy[unsure].float().mean())
+        return selector, report
+
+    loop_module.build_selector = build_deferring
+    try:
+        yield
+    finally:
+        loop_module.build_selector = build
+
+
+def _refresh_line(folder: Path) -> dict:
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if "reference/refreshed" in line]
+    if not lines:
+        sys.exit(f"{folder}: the run did not refresh, so its deferred samples were never judged; run longer")
+    return lines[0]
+
+
+def main(out: str, seeds: int, overrides: list[str]) -> None:
+    belows, overrides = option(overrides, "below", "0.3")
+    comparison = Comparison(smooth=3)
+    runs: dict[str, list] = {}
+    counts: dict[str, list] = {}
+    for seed in range(seeds):
+        variants = [("default", "default", contextlib.nullcontext())]
+        variants += [(f"deferred below p_ref {b}", f"defer_{b}", deferred_to_refresh(float(b))) for b in belows.split(",")]
+        for name, folder_name, patch in variants:
+            folder = Path(out) / folder_name / f"seed{seed}"
+            with patch:
+                run_variant(name, folder, overrides + [DEFAULT, f"seed={seed}"], comparison)
+            metrics = read_metrics(folder / "metrics.jsonl")
+            runs.setdefault(name, []).append(summarise_run(name, seed, metrics, comparison))
+            refresh = _refresh_line(folder)
+            counts.setdefault(name, []).append((metrics[0].get("reference/deferred", 0.0),
+                                                metrics[0].get("reference/deferred_noisy_share", 0.0),
+                                                refresh.get("reference/admitted", 0.0),
+                                                refresh.get("reference/admitted_noisy_share", 0.0)))
+    table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n",
+             "| run | best acc % | final acc % | flipped labels selected % | deferred (flipped %) | admitted by the refresh (flipped %) |",
+             "|---|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        c = list(zip(*counts[name]))
+        table.append(f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
+                     f"| {_fmt([100 * r.noisy_share for r in rs], 1)} | {_fmt(c[0], 0)} ({_fmt([100 * x for x in c[1]], 1)}) "
+                     f"| {_fmt(c[2], 0)} ({_fmt([100 * x for x in c[3]], 1)}) |")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
