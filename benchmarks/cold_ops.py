@@ -1,8 +1,8 @@
 """What small tensor ops cost right after a large model's step, against the same ops back to back.
 
 Selection runs its ops between the large model's steps, whose convolutions evict the caches the small ops'
-code and data sat in. This times five ops of the kind selection runs (gathers on 64-640 rows, a mean read
-back with ``.item()``, a 640-id gather from a 114k-entry table) after a convolution of the recipe's shape and
+code and data sat in. This times six ops of the kind selection runs (gathers on 64-640 rows, a mean read
+back with ``.item()``, a 640-id gather from a 114k-entry table, by indexing and by ``index_select``) after a convolution of the recipe's shape and
 with nothing in between, and prints a table of microseconds per op (median of ``--repeats``).
 
 Run:  python benchmarks/cold_ops.py [--repeats 300] [--threads 2]
@@ -37,6 +37,7 @@ def main() -> None:
         "features[picked]": lambda: features[picked],
         "scores.mean().item()": lambda: scores.mean().item(),
         "table[ids]": lambda: table[ids],
+        "table.index_select(0, ids)": lambda: table.index_select(0, ids),
     }
     timings: dict[str, dict[str, list[float]]] = {"after a convolution": {}, "back to back": {}}
     for setting, per_op in timings.items():
@@ -60,7 +61,7 @@ def main() -> None:
         totals["back to back"] += warm
         print(f"| `{name}` | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
     cold, warm = totals["after a convolution"], totals["back to back"]
-    print(f"| all five | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
+    print(f"| all six | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
 
 
 if __name__ == "__main__":

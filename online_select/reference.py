@@ -110,14 +110,15 @@ class ReferenceTable(Reference):
 
     def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
         n = ids.numel() if ids is not None else 0
-        return self.table[self._check(ids, n)]
+        return self.table.index_select(0, self._check(ids, n))
 
     def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
         n = ids.numel() if ids is not None else 0
         ids = self._check(ids, n)
+        losses = self.table.index_select(0, ids)[:, None]
         if self.extra is None:
-            return self.table[ids][:, None]
-        return torch.cat([self.table[ids][:, None], self.extra[ids]], dim=1)
+            return losses
+        return torch.cat([losses, self.extra.index_select(0, ids)], dim=1)
 
     def replace_losses(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
         """Overwrite the reference losses of ``ids`` (covered ids only; features are kept)."""

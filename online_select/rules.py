@@ -124,7 +124,7 @@ def select(
     n_explore = min(k, round(explore * k))
     order = torch.randperm(batch_size, generator=generator)
     # Eligible candidates first (in random order), then the others: exploration draws from the front.
-    in_order = eligible[order]
+    in_order = eligible.index_select(0, order)
     order = torch.cat([order[in_order], order[~in_order]])
     num_eligible = int(eligible.sum())
     explored_idx = order[:n_explore]
@@ -136,15 +136,15 @@ def select(
     elif pool.numel() < n_rule:
         # Too few eligible candidates: take them all and fill up with the best-scoring others.
         others = order[max(n_explore, num_eligible) :].sort().values
-        fill = others[torch.topk(scores[others], n_rule - pool.numel(), sorted=True).indices]
+        fill = others.index_select(0, torch.topk(scores.index_select(0, others), n_rule - pool.numel(), sorted=True).indices)
         picked = torch.cat([pool, fill])
     elif rule == "top_k":
         # Sort the pool by position first so ties break deterministically.
         pool = pool.sort().values
-        picked = pool[torch.topk(scores[pool], n_rule, sorted=True).indices]
+        picked = pool.index_select(0, torch.topk(scores.index_select(0, pool), n_rule, sorted=True).indices)
     else:
-        picked, weights_rest = _priority_sample(scores[pool] / temperature, n_rule, generator)
-        picked = pool[picked]
+        picked, weights_rest = _priority_sample(scores.index_select(0, pool) / temperature, n_rule, generator)
+        picked = pool.index_select(0, picked)
     indices = torch.cat([picked, explored_idx])
     explored = torch.cat([torch.zeros(n_rule, dtype=torch.bool), torch.ones(n_explore, dtype=torch.bool)])
     if importance_weights:
@@ -172,5 +172,5 @@ def _priority_sample(
     top = torch.topk(log_priority, k + 1, sorted=True)
     picked = top.indices[:k]
     log_tau = top.values[k]
-    units = torch.exp((log_tau - log_w[picked]).clamp_min(0.0))
+    units = torch.exp((log_tau - log_w.index_select(0, picked)).clamp_min(0.0))
     return picked, units

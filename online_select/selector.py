@@ -109,7 +109,7 @@ class SelectedBatch:
 
     @property
     def selected_ids(self) -> torch.Tensor | None:
-        return None if self.ids is None else self.ids[self.indices]
+        return None if self.ids is None else self.ids.index_select(0, self.indices)
 
     def weighted_mean(self, losses: torch.Tensor) -> torch.Tensor:
         """``mean(weights * losses)`` over these samples (:meth:`OnlineSelector.observe`'s loss in one process)."""
@@ -119,7 +119,7 @@ class SelectedBatch:
         """The rows of a per-candidate tensor (``features``, ``predicted_loss``...) for the selected samples."""
         if per_candidate is None or self.selection_order is not None:
             return per_candidate
-        return per_candidate[self.indices]
+        return per_candidate.index_select(0, self.indices)
 
 
 @dataclass
