@@ -20,6 +20,7 @@ A run whose folder already holds a finished run of the same config is read back,
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -27,11 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from levers import DEFAULT, run_variant
+from levers import run_patched
 from neighbour_vote import option
 
 import online_select.loop as loop_module
-from online_select.bench import Comparison, _fmt, read_metrics, summarise_run
+from online_select.bench import _fmt, read_metrics
 
 
 @contextlib.contextmanager
@@ -66,23 +67,17 @@ def _refresh_line(folder: Path) -> dict:
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:
     belows, overrides = option(overrides, "below", "0.3")
-    comparison = Comparison(smooth=3)
+    patches = [(f"deferred below p_ref {b}", f"defer_{b}", functools.partial(deferred_to_refresh, float(b)))
+               for b in belows.split(",")]
     runs: dict[str, list] = {}
     counts: dict[str, list] = {}
-    for seed in range(seeds):
-        variants = [("default", "default", contextlib.nullcontext())]
-        variants += [(f"deferred below p_ref {b}", f"defer_{b}", deferred_to_refresh(float(b))) for b in belows.split(",")]
-        for name, folder_name, patch in variants:
-            folder = Path(out) / folder_name / f"seed{seed}"
-            with patch:
-                run_variant(name, folder, overrides + [DEFAULT, f"seed={seed}"], comparison)
-            metrics = read_metrics(folder / "metrics.jsonl")
-            runs.setdefault(name, []).append(summarise_run(name, seed, metrics, comparison))
+    for name, rows in run_patched(out, seeds, overrides, patches).items():
+        for summary, folder in rows:
+            first = read_metrics(folder / "metrics.jsonl")[0]  # the reference's report rides on every eval line
             refresh = _refresh_line(folder)
-            counts.setdefault(name, []).append((metrics[0].get("reference/deferred", 0.0),
-                                                metrics[0].get("reference/deferred_noisy_share", 0.0),
-                                                refresh.get("reference/admitted", 0.0),
-                                                refresh.get("reference/admitted_noisy_share", 0.0)))
+            runs.setdefault(name, []).append(summary)
+            counts.setdefault(name, []).append((first.get("reference/deferred", 0.0), first.get("reference/deferred_noisy_share", 0.0),
+                                                refresh.get("reference/admitted", 0.0), refresh.get("reference/admitted_noisy_share", 0.0)))
     table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n",
              "| run | best acc % | final acc % | flipped labels selected % | deferred (flipped %) | admitted by the refresh (flipped %) |",
              "|---|---|---|---|---|---|"]

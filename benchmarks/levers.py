@@ -10,12 +10,14 @@ A variant whose folder already holds a finished run of the same config is read b
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
-from online_select.bench import Comparison, _fmt, _mean_of, finished_run, read_metrics, summarise_run
+from online_select.bench import Comparison, RunSummary, _fmt, _mean_of, finished_run, read_metrics, summarise_run
 from online_select.config import load_config
 from online_select.loop import train
 
@@ -54,6 +56,23 @@ def run_variant(name: str, folder: Path, overrides: list[str], comparison: Compa
     print(f"{Path(sys.argv[0]).stem}: {name} -> {folder}", file=sys.stderr, flush=True)
     if not finished_run(config, folder, comparison.metric):
         train(config)
+
+
+def run_patched(
+    out: str, seeds: int, overrides: list[str], patches: list[tuple[str, str, Callable[[], AbstractContextManager]]]
+) -> dict[str, list[tuple[RunSummary, Path]]]:
+    """The default and each patched variant (name, folder name, a factory of the patch's context manager), seed by
+    seed, into ``OUT/FOLDER/seedS`` (the default's folder: ``default``); each variant's summaries and run folders."""
+    comparison = Comparison(smooth=3)
+    runs: dict[str, list[tuple[RunSummary, Path]]] = {}
+    for seed in range(seeds):
+        for name, folder_name, patch in [("default", "default", contextlib.nullcontext), *patches]:
+            folder = Path(out) / folder_name / f"seed{seed}"
+            with patch():
+                run_variant(name, folder, overrides + [DEFAULT, f"seed={seed}"], comparison)
+            summary = summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison)
+            runs.setdefault(name, []).append((summary, folder))
+    return runs
 
 
 def main(out: str, overrides: list[str]) -> None:

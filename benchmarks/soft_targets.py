@@ -18,17 +18,17 @@ A run whose folder already holds a finished run of the same config is read back,
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from levers import DEFAULT, run_variant
+from levers import run_patched
 from neighbour_vote import option
 
 import online_select.reference as reference_module
-from online_select.bench import Comparison, _fmt, read_metrics, summarise_run
+from online_select.bench import _fmt
 from online_select.selector import OnlineSelector
 from online_select.tasks import ImageClassificationTask
 
@@ -99,16 +99,9 @@ def soft_targets(beta: float) -> Iterator[None]:
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:
     betas, overrides = option(overrides, "betas", "0.3")
-    comparison = Comparison(smooth=3)
-    runs: dict[str, list] = {}
-    for seed in range(seeds):
-        variants = [("default", "default", contextlib.nullcontext())]
-        variants += [(f"default + soft targets, beta {b}", f"soft_{b}", soft_targets(float(b))) for b in betas.split(",")]
-        for name, folder_name, patch in variants:
-            folder = Path(out) / folder_name / f"seed{seed}"
-            with patch:
-                run_variant(name, folder, overrides + [DEFAULT, f"seed={seed}"], comparison)
-            runs.setdefault(name, []).append(summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison))
+    patches = [(f"default + soft targets, beta {b}", f"soft_{b}", functools.partial(soft_targets, float(b)))
+               for b in betas.split(",")]
+    runs = {name: [summary for summary, _ in rows] for name, rows in run_patched(out, seeds, overrides, patches).items()}
     table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n", "| run | best acc % | final acc % | flipped labels selected % |",
              "|---|---|---|---|"]
     table += [f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
