@@ -1,7 +1,7 @@
 """Deferring the labels the reference is unsure of to the refresh: does the large model's first judgement stop the leak?
 
-The flipped labels that pass the reference's floor cost the default most of its gap to a perfect filter, and the
-large model fits them within two visits, after which no judgement tells them from clean samples (README, "Tried").
+The flipped labels that pass the reference's floor cost the default most of its gap to a perfect filter, and once
+the large model has trained on them no loss threshold tells them from clean but hard samples (README, "Tried").
 This patch holds back every sample whose twin-halves ``p_ref`` lies between the label floor and ``below`` (where
 most of the flipped labels that pass the floor sit: ``benchmarks/label_posterior.py``): their reference loss is
 set under the floor, so they are not picked until the refresh (``reference.refresh_at``, a quarter of a long run)
