@@ -2,8 +2,9 @@
 
 Selection runs its ops between the large model's steps, whose convolutions evict the caches the small ops'
 code and data sat in. This times six ops of the kind selection runs (gathers on 64-640 rows, a mean read
-back with ``.item()``, a 640-id gather from a 114k-entry table, by indexing and by ``index_select``) after a convolution of the recipe's shape and
-with nothing in between, and prints a table of microseconds per op (median of ``--repeats``).
+back with ``.item()``, a 640-id gather from a 114k-entry table by indexing and by ``index_select``) after a
+convolution of the recipe's shape and with nothing in between, and prints a table of microseconds per op
+(median of ``--repeats``).
 
 Run:  python benchmarks/cold_ops.py [--repeats 300] [--threads 2]
 """
