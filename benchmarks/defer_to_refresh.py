@@ -11,7 +11,8 @@ on this script's runs, not a library option; the runs must refresh (4000 steps a
 
 Runs, seed by seed, the default and the default with each deferral, and prints best (smoothed over 3 evals) and
 final accuracy, the flipped share of the picks, how many samples were deferred (their flipped share) and how many
-the refresh admitted (their flipped share), mean ± std over seeds.
+the refresh admitted (their flipped share), mean ± std over seeds; then the clean samples each deferral holds back,
+class by class (read off the default runs' saved reference, the same table as the deferring run of that seed).
 
 Run: python benchmarks/defer_to_refresh.py OUT SEEDS [--below=0.3] [recipe overrides...]
 A run whose folder already holds a finished run of the same config is read back, not run again.
@@ -32,7 +33,10 @@ from levers import run_patched
 from neighbour_vote import option
 
 import online_select.loop as loop_module
+from online_select import ReferenceTable
 from online_select.bench import _fmt, read_metrics
+from online_select.config import load_config
+from online_select.tasks import build_task
 
 
 @contextlib.contextmanager
@@ -71,7 +75,9 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
                for b in belows.split(",")]
     runs: dict[str, list] = {}
     counts: dict[str, list] = {}
-    for name, rows in run_patched(out, seeds, overrides, patches).items():
+    results = run_patched(out, seeds, overrides, patches)
+    rows_of_default = results["default"]
+    for name, rows in results.items():
         for summary, folder in rows:
             first = read_metrics(folder / "metrics.jsonl")[0]  # the reference's report rides on every eval line
             refresh = _refresh_line(folder)
@@ -87,6 +93,26 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
                      f"| {_fmt([100 * r.noisy_share for r in rs], 1)} | {_fmt(c[0], 0)} ({_fmt([100 * x for x in c[1]], 1)}) "
                      f"| {_fmt(c[2], 0)} ({_fmt([100 * x for x in c[3]], 1)}) |")
     print("\n".join(table))
+    print(clean_deferred_by_class([folder for _, folder in rows_of_default], [float(b) for b in belows.split(",")]))
+
+
+def clean_deferred_by_class(default_runs: list[Path], belows: list[float]) -> str:
+    """Markdown: per class, the clean samples whose ``p_ref`` lies between the floor and each ``below``."""
+    config = load_config(default_runs[0] / "config.yaml", [])
+    task = build_task(config)
+    labels, clean = task.train_y[task.train_ids], ~task.is_noisy[task.train_ids]
+    names = getattr(task, "class_names", None) or [str(c) for c in range(task.num_classes)]
+    counts = {below: [] for below in belows}
+    for folder in default_runs:
+        p_ref = torch.exp(-ReferenceTable.load(folder / "reference.safetensors").table[task.train_ids].clamp_min(0.0))
+        for below in belows:
+            held = clean & (p_ref >= config.selection.label_floor) & (p_ref < below)
+            counts[below].append(torch.bincount(labels[held], minlength=task.num_classes).float())
+    lines = ["\n| clean samples deferred, by class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for below in belows:
+        per_class = torch.stack(counts[below])
+        lines.append(f"| below p_ref {below:g} | " + " | ".join(_fmt(per_class[:, c].tolist(), 0) for c in range(len(names))) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
