@@ -34,9 +34,15 @@ from neighbour_vote import option
 
 import online_select.loop as loop_module
 from online_select import ReferenceTable
-from online_select.bench import _fmt, read_metrics
+from online_select.bench import _fmt
 from online_select.config import load_config
+from online_select.policies import plausible_labels
 from online_select.tasks import build_task
+
+
+def unsure(reference_loss: torch.Tensor, floor: float, below: float) -> torch.Tensor:
+    """Mask of the labels the reference finds plausible (``p_ref >= floor``) but not sure (``p_ref < below``)."""
+    return plausible_labels(reference_loss, floor) & ~plausible_labels(reference_loss, below)
 
 
 @contextlib.contextmanager
@@ -46,13 +52,12 @@ def deferred_to_refresh(below: float) -> Iterator[None]:
 
     def build_deferring(config, task, large_loss_fn):
         selector, report = build(config, task, large_loss_fn)
-        table, floor = selector.reference.table, selector.label_floor
-        p_ref = torch.exp(-table[task.train_ids].clamp_min(0.0))
-        unsure = task.train_ids[(p_ref >= floor) & (p_ref < below)]
+        floor = selector.label_floor
+        deferred = task.train_ids[unsure(selector.reference.table[task.train_ids], floor, below)]
         # under the floor until the refresh replaces it
-        selector.reference.replace_losses(unsure, torch.full((unsure.numel(),), -math.log(floor / 2)))
-        report["reference/deferred"] = float(unsure.numel())
-        report["reference/deferred_noisy_share"] = float(task.is_noisy[unsure].float().mean())
+        selector.reference.replace_losses(deferred, torch.full((deferred.numel(),), -math.log(floor / 2)))
+        report["reference/deferred"] = float(deferred.numel())
+        report["reference/deferred_noisy_share"] = float(task.is_noisy[deferred].float().mean())
         return selector, report
 
     loop_module.build_selector = build_deferring
@@ -62,28 +67,24 @@ def deferred_to_refresh(below: float) -> Iterator[None]:
         loop_module.build_selector = build
 
 
-def _refresh_line(folder: Path) -> dict:
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if "reference/refreshed" in line]
-    if not lines:
+def _reference_counts(folder: Path) -> tuple[float, float, float, float]:
+    """Deferred (their flipped share), from the reference's report on the first line, and admitted by the refresh
+    (their flipped share), from the refresh's line."""
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    refreshes = [line for line in lines if "reference/refreshed" in line]
+    if not refreshes:
         sys.exit(f"{folder}: the run did not refresh, so its deferred samples were never judged; run longer")
-    return lines[0]
+    return (lines[0].get("reference/deferred", 0.0), lines[0].get("reference/deferred_noisy_share", 0.0),
+            refreshes[0].get("reference/admitted", 0.0), refreshes[0].get("reference/admitted_noisy_share", 0.0))
 
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:
-    belows, overrides = option(overrides, "below", "0.3")
-    patches = [(f"deferred below p_ref {b}", f"defer_{b}", functools.partial(deferred_to_refresh, float(b)))
-               for b in belows.split(",")]
-    runs: dict[str, list] = {}
-    counts: dict[str, list] = {}
+    below_list, overrides = option(overrides, "below", "0.3")
+    belows = [float(b) for b in below_list.split(",")]
+    patches = [(f"deferred below p_ref {b:g}", f"defer_{b:g}", functools.partial(deferred_to_refresh, b)) for b in belows]
     results = run_patched(out, seeds, overrides, patches)
-    rows_of_default = results["default"]
-    for name, rows in results.items():
-        for summary, folder in rows:
-            first = read_metrics(folder / "metrics.jsonl")[0]  # the reference's report rides on every eval line
-            refresh = _refresh_line(folder)
-            runs.setdefault(name, []).append(summary)
-            counts.setdefault(name, []).append((first.get("reference/deferred", 0.0), first.get("reference/deferred_noisy_share", 0.0),
-                                                refresh.get("reference/admitted", 0.0), refresh.get("reference/admitted_noisy_share", 0.0)))
+    runs = {name: [summary for summary, _ in rows] for name, rows in results.items()}
+    counts = {name: [_reference_counts(folder) for _, folder in rows] for name, rows in results.items()}
     table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n",
              "| run | best acc % | final acc % | flipped labels selected % | deferred (flipped %) | admitted by the refresh (flipped %) |",
              "|---|---|---|---|---|---|"]
@@ -93,7 +94,7 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
                      f"| {_fmt([100 * r.noisy_share for r in rs], 1)} | {_fmt(c[0], 0)} ({_fmt([100 * x for x in c[1]], 1)}) "
                      f"| {_fmt(c[2], 0)} ({_fmt([100 * x for x in c[3]], 1)}) |")
     print("\n".join(table))
-    print(clean_deferred_by_class([folder for _, folder in rows_of_default], [float(b) for b in belows.split(",")]))
+    print(clean_deferred_by_class([folder for _, folder in results["default"]], belows))
 
 
 def clean_deferred_by_class(default_runs: list[Path], belows: list[float]) -> str:
@@ -104,9 +105,9 @@ def clean_deferred_by_class(default_runs: list[Path], belows: list[float]) -> st
     names = getattr(task, "class_names", None) or [str(c) for c in range(task.num_classes)]
     counts = {below: [] for below in belows}
     for folder in default_runs:
-        p_ref = torch.exp(-ReferenceTable.load(folder / "reference.safetensors").table[task.train_ids].clamp_min(0.0))
+        reference_loss = ReferenceTable.load(folder / "reference.safetensors").table[task.train_ids]
         for below in belows:
-            held = clean & (p_ref >= config.selection.label_floor) & (p_ref < below)
+            held = clean & unsure(reference_loss, config.selection.label_floor, below)
             counts[below].append(torch.bincount(labels[held], minlength=task.num_classes).float())
     lines = ["\n| clean samples deferred, by class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for below in belows:

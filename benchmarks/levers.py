@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,7 +58,7 @@ def run_variant(name: str, folder: Path, overrides: list[str], comparison: Compa
 
 
 def run_patched(
-    out: str, seeds: int, overrides: list[str], patches: list[tuple[str, str, Callable[[], AbstractContextManager]]]
+    out: str, seeds: int, overrides: list[str], patches: list[tuple[str, str, Callable[[], contextlib.AbstractContextManager]]]
 ) -> dict[str, list[tuple[RunSummary, Path]]]:
     """The default and each patched variant (name, folder name, a factory of the patch's context manager), seed by
     seed, into ``OUT/FOLDER/seedS`` (the default's folder: ``default``); each variant's summaries and run folders."""

@@ -12,6 +12,7 @@ Run: python benchmarks/visit_signals.py RUN_FOLDER [--visits=3,4,6] [recipe over
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -29,20 +30,14 @@ SIGNALS = ("last p", "mean p", "largest p", "first p", "forgetting events", "sum
 
 def auc(flipped: np.ndarray, values: np.ndarray) -> float:
     """P(value of a flipped sample > value of a clean one), ties counted half (Mann-Whitney)."""
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):  # average ranks over ties
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
-    n_pos, n_neg = int(flipped.sum()), int((~flipped).sum())
-    return float((ranks[flipped].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
+    clean = np.sort(values[~flipped])
+    below = np.searchsorted(clean, values[flipped], side="left")  # clean values under each flipped one
+    tied = np.searchsorted(clean, values[flipped], side="right") - below
+    return float((below.sum() + tied.sum() / 2) / max(len(clean) * int(flipped.sum()), 1))
 
 
 def signals(p: list[float]) -> list[float]:
-    pairs = list(zip(p, p[1:]))
+    pairs = list(itertools.pairwise(p))
     return [-p[-1], -sum(p) / len(p), -max(p), -p[0], sum(a >= 0.5 > b for a, b in pairs), sum(max(0.0, a - b) for a, b in pairs)]
 
 
@@ -62,7 +57,7 @@ def main(run: Path, overrides: list[str]) -> None:
     for n in (int(v) for v in visits.split(",")):
         ids = [s for s, p in seen.items() if len(p) >= n]
         fitted = [s for s in ids if max(seen[s][:2]) >= 0.5]
-        for name, group in ((f"picked {n}+ times", ids), (f"... of them fitted within 2 visits", fitted)):
+        for name, group in ((f"picked {n}+ times", ids), ("... of them fitted within 2 visits", fitted)):
             flipped = noisy[group].numpy().astype(bool)
             values = np.array([signals(seen[s][:n]) for s in group])
             aucs = " | ".join(f"{auc(flipped, values[:, j]):.3f}" for j in range(len(SIGNALS)))
