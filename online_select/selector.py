@@ -477,16 +477,16 @@ class OnlineSelector:
             raise ValueError(f"select_steps got {steps} candidate batches but {len(ids)} id tensors")
         if steps == 1:
             return [self.select(step_batches[0], None if ids is None else ids[0])]
-        if self.reads_candidates:
-            joined_ids = None if ids is None else torch.cat([torch.as_tensor(i) for i in ids])
-            return self.select_plan(concat(step_batches), steps, joined_ids)
-        start = time.perf_counter()
-        self._check_plan_allowed()
         width = batch_size(step_batches[0])
         for i, batch in enumerate(step_batches[1:], 1):
             if batch_size(batch) != width:
                 raise ValueError(f"a plan's steps need one candidate count: batch {i} has {batch_size(batch)}, batch 0 has {width}")
         step_ids = [self._ids(batch, None if ids is None else ids[i], width) for i, batch in enumerate(step_batches)]
+        if self.reads_candidates:
+            joined_ids = None if step_ids[0] is None else torch.cat(step_ids)
+            return self.select_plan(concat(step_batches), steps, joined_ids)
+        start = time.perf_counter()
+        self._check_plan_allowed()
         all_ids = None if step_ids[0] is None else torch.cat(step_ids)
         return self._plan_steps(None, list(step_batches), all_ids, steps, width * steps, start)
 

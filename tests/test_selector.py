@@ -479,6 +479,9 @@ def test_a_plan_over_separate_batches_selects_as_over_the_joined_one_without_joi
         reading.select_steps(padded)
     with pytest.raises(ValueError, match="one candidate count"):
         _selector().select_steps([batches[0], _batch(16, start=500)])
+    # Joined too: 32 + 16 candidates would split into two steps of 24, one step's picks from the other's batch.
+    with pytest.raises(ValueError, match="batch 1 has 16, batch 0 has 32"):
+        reading.select_steps([batches[0], _batch(16, start=500)])
 
 
 def test_a_plan_skips_nonfinite_losses_when_told():
