@@ -40,6 +40,7 @@ __all__ = [
     "ProcessRNG",
     "GeneratorState",
     "save_checkpoint",
+    "write_loadable",
     "load_checkpoint",
     "find_latest_checkpoint",
     "list_checkpoints",
@@ -170,6 +171,20 @@ def find_latest_checkpoint(root: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def write_loadable(state: Any, path: str | Path) -> None:
+    """``torch.save(state, path)``, then read it back as every loader here does (``weights_only=True``,
+    memory-mapped, so tensors are not copied); raises :class:`CheckpointError` naming what cannot be read
+    back, at save time rather than at the resume that needs it."""
+    torch.save(state, path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"the state written to {path} cannot be read back with torch.load(weights_only=True): {exc}; "
+            "keep tensors, numbers, strings, lists and dicts in it (e.g. a numpy array as torch.from_numpy(a))"
+        ) from None
+
+
 def _safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -193,9 +208,13 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        write_loadable(state, tmp / "state.pt")
+    except CheckpointError:
+        shutil.rmtree(tmp)
+        raise
     if model_state is not None:
         save_file(_unshared(model_state), str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
     _commit(tmp, final, {"kind": "plain", "step": step})
     _prune(root, keep)
     return final
@@ -291,10 +310,10 @@ def register_state(
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         folder = Path(output_dir)
         if accelerator.is_main_process:
-            torch.save({key: obj.state_dict() for key, obj in shared.items()}, folder / _shared_file(name))
+            write_loadable({key: obj.state_dict() for key, obj in shared.items()}, folder / _shared_file(name))
         if per_process:
             state = {key: obj.state_dict() for key, obj in per_process.items()}
-            torch.save(state, folder / _process_file(name, accelerator.process_index))
+            write_loadable(state, folder / _process_file(name, accelerator.process_index))
 
     def load_hook(models: list, input_dir: str) -> None:
         folder = Path(input_dir)

@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +60,15 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("value", [np.arange(3), Path("runs")], ids=["numpy array", "path"])
+def test_a_state_the_loader_would_refuse_is_refused_when_saved(tmp_path, value):
+    keeper = save_checkpoint(tmp_path, 1, {"a": 1}, keep=1)
+    with pytest.raises(CheckpointError, match=r"cannot be read back with torch.load\(weights_only=True\)"):
+        save_checkpoint(tmp_path, 2, {"a": 2, "bad": value}, keep=1)
+    # Nothing written, nothing pruned: the last good checkpoint is still the one to resume from.
+    assert list_checkpoints(tmp_path) == [keeper] and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_unsafe_pickle_is_refused(tmp_path):

@@ -21,6 +21,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..batch import batch_size, map_fields
+from ..checkpoint import write_loadable
 from ..distributed import ProcessGroup
 from ..policies import get_policy
 from ..reference import Reference
@@ -395,7 +396,12 @@ class SelectiveTrainer(Trainer):
             os.makedirs(folder, exist_ok=True)
             path = self._selector_state_file(folder)
             tmp = f"{path}.tmp-{os.getpid()}"
-            torch.save(self.selector.state_dict(), tmp)
+            try:
+                write_loadable(self.selector.state_dict(), tmp)
+            except Exception:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+                raise
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
