@@ -208,6 +208,12 @@ def _plan_head(selected: SelectedBatch, done: int, steps: int) -> SelectedBatch:
     )
 
 
+# Selecting builds state the observe step then updates in place or trains on (the scorer's head, norm and
+# optimizer, the loss memory's tables, the features): made under a caller's torch.inference_mode they would be
+# inference tensors, which that refuses. No gradients are recorded either way.
+_outside_inference_mode = torch.inference_mode(False)
+
+
 def _count(mask: torch.Tensor | None, total: int) -> int:
     """How many candidates an eligibility mask admits (``None`` admits all)."""
     return total if mask is None else int(mask.sum())
@@ -410,6 +416,7 @@ class OnlineSelector:
                 self.generator.manual_seed(self.seed + 1_000_003 * self._group.rank)
         return self._group
 
+    @_outside_inference_mode
     def select(self, candidate_batch: Any, ids: Any = None) -> SelectedBatch:
         """Score a candidate batch and return the selected samples with their loss weights.
 
@@ -429,6 +436,7 @@ class OnlineSelector:
         selected.eligible = eligible
         return selected
 
+    @_outside_inference_mode
     def select_plan(self, candidate_batch: Any, steps: int, ids: Any = None) -> list[SelectedBatch]:
         """Select for ``steps`` training steps at once: score their candidates (``steps x B`` samples, step
         i's the i-th B) in one pass and draw each step's k from its own B, as :meth:`select` would.
@@ -463,6 +471,7 @@ class OnlineSelector:
             or self._needs_batch()
         )
 
+    @_outside_inference_mode
     def select_steps(self, step_batches: Sequence[Any], ids: Sequence[Any] | None = None) -> list[SelectedBatch]:
         """:meth:`select_plan` over one candidate batch per step (``ids``: one id tensor per batch, or from
         the batches). When scoring needs only ids (:attr:`reads_candidates` is False: the loss memory and a

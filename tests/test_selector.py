@@ -491,3 +491,17 @@ def test_a_plan_skips_nonfinite_losses_when_told():
     assert torch.isclose(selector.observe(parts[0], bad), torch.tensor(1.0))
     selector.observe(parts[1], torch.ones(8))
     assert selector.stats()["selection/nonfinite_losses"] == 1 and len(selector.scorer.memory) == 15
+
+
+def test_selecting_under_inference_mode_leaves_a_selector_that_learns():
+    model = torch.nn.Linear(5, 3)
+    selector = _selector()
+    for step in range(6):
+        with torch.inference_mode():  # a natural wrapper for scoring; the scorer is built inside on the first call
+            selected = selector.select(_batch(start=32 * (step % 3)))
+        selector.observe(selected, F.cross_entropy(model(selected.batch["input"]), selected.batch["label"], reduction="none"))
+    with torch.inference_mode():
+        parts = selector.select_steps([_batch(start=0), _batch(start=32)])
+    for part in parts:
+        selector.observe(part, torch.ones(part.k))
+    assert selector.scorer.updates == 7 and not torch.is_inference(selector.scorer.norm.mean)
