@@ -5,7 +5,7 @@ model's forward, loss and update; the scorer then learns from the large model's 
 """
 
 from .batch import BatchError, batch_size, take
-from .losses import ClassificationLoss, LossShapeError, NonFiniteLossError, check_per_sample_loss
+from .losses import ClassificationLoss, LossShapeError, NonFiniteLossError, check_per_sample_loss, finite_gradients
 from .memory import LossMemory
 from .policies import POLICIES, Policy, Signals, get_policy, learnability
 from .reference import (
@@ -47,6 +47,7 @@ __all__ = [
     "annealed_temperature",
     "batch_size",
     "check_per_sample_loss",
+    "finite_gradients",
     "get_policy",
     "holdout_reference",
     "learnability",

@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .config import Config, config_to_dict
 from .distributed import ProcessGroup
+from .losses import finite_gradients
 from .reference import ReferenceTable
 from .rules import annealed_temperature
 from .scorer import Scorer
@@ -247,13 +248,16 @@ class _RunState:
     def __init__(self, clock: _Clock, tally: _Tally) -> None:
         self.clock = clock
         self.tally = tally
+        self.skipped_updates = 0
 
     def state_dict(self) -> dict:
-        return {"wall_s": self.clock.offset, "tally": self.tally.state_dict()}
+        return {"wall_s": self.clock.offset, "tally": self.tally.state_dict(), "skipped_updates": self.skipped_updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.clock.offset = float(state["wall_s"])
         self.tally.load_state_dict(state["tally"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))  # absent in checkpoints written before it
+
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -387,7 +391,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     # The clock starts with the time spent building the reference and scorer (counted as training).
     clock = _Clock(offset=build_s)
     tally = _Tally(task.num_classes)
-    shared_state = {"selector": selector, "loader": loader, "run": _RunState(clock, tally)}
+    run_state = _RunState(clock, tally)
+    shared_state = {"selector": selector, "loader": loader, "run": run_state}
     if telemetry is not None:
         shared_state["telemetry"] = telemetry
     register_state(
@@ -434,6 +439,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         line.update(tally.summary(accelerator))
         line.update(selector.stats())
         line.update({k: v for k, v in reference_report.items()})
+        if run_state.skipped_updates:
+            line["train/skipped_updates"] = run_state.skipped_updates
         line["sys/peak_rss_mb"] = _peak_rss_mb()
         if telemetry is not None:
             line.update(telemetry.eval_metrics())
@@ -507,9 +514,19 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         selected = parts.pop(0)
         t2 = time.perf_counter()
         losses = task.loss(model, _to_device(selected.batch, device))
+        nonfinite_before = selector.nonfinite_losses
         loss = selector.observe(selected, losses)
         accelerator.backward(loss)
-        optimizer.step()
+        # on_nonfinite=skip keeps a NaN/inf loss out of the loss, not its activations' NaN out of the gradients:
+        # such a step is not taken (every process alike, the gradients being reduced).
+        if selector.nonfinite_losses > nonfinite_before and not finite_gradients(model):
+            run_state.skipped_updates += 1
+            accelerator.print(
+                f"online_select: step {step}: {selector.nonfinite_losses - nonfinite_before} NaN/inf losses left "
+                "non-finite gradients; the optimizer step is skipped"
+            )
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
@@ -534,6 +551,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             train_loss = accelerator.reduce(loss.detach(), "mean")
             line = {"step": step, "wall_s": round(clock.elapsed(), 4), "train/loss": float(train_loss)}
             line["train/lr"] = scheduler.get_last_lr()[0]
+            if run_state.skipped_updates:
+                line["train/skipped_updates"] = run_state.skipped_updates
             if temperature_at is not None:
                 line["selection/temperature"] = selector.temperature
             line.update(selector.stats())

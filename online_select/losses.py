@@ -14,6 +14,7 @@ __all__ = [
     "LossShapeError",
     "NonFiniteLossError",
     "check_per_sample_loss",
+    "finite_gradients",
     "get_field",
     "logits_of",
     "classification_features",
@@ -28,6 +29,17 @@ class LossShapeError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """A per-sample loss or score is NaN or infinite."""
+
+
+def finite_gradients(model: torch.nn.Module) -> bool:
+    """Whether every gradient a backward left on ``model`` is finite (True when it left none).
+
+    ``on_nonfinite="skip"`` keeps NaN/inf losses out of the loss to backpropagate, but the activations behind
+    them still send NaN/inf into the shared weights' gradients (zero times NaN is NaN); check this before the
+    optimizer step of a step that skipped losses (``selector.nonfinite_losses`` grew), and skip the step if not.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def check_per_sample_loss(losses: torch.Tensor, batch_size: int, what: str = "loss") -> torch.Tensor:

@@ -275,7 +275,10 @@ class OnlineSelector:
             leans less on the picks the large model fits worst, most of them mislabelled once the clean ones
             are learnt. 0 (default): off.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``: drop NaN/inf losses from the step and
-            count them in ``stats()["nonfinite_losses"]``.
+            count them in ``stats()["nonfinite_losses"]``. The returned loss is then finite, but the NaN/inf
+            activations behind those losses still reach the gradients: check
+            :func:`~online_select.losses.finite_gradients` before the optimizer step (the ready loop and
+            ``SelectiveTrainer`` do, and skip the update).
         id_key: the batch field holding sample ids when ``ids`` is not passed to :meth:`select`.
         seed: seeds the selector's own random generator (exploration and sampling).
         distributed: how to select when several processes train together (``accelerate launch``,

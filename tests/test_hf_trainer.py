@@ -292,3 +292,19 @@ def test_a_plan_whose_policy_reads_the_candidates_scores_them_joined_once_a_plan
     trainer.train()
     assert trainer.selector.reads_candidates and scored == [32, 32]  # two steps' 16 candidates, once a plan
     assert trainer.selector.step == 4
+
+
+def test_skipped_nonfinite_losses_never_write_nan_into_the_model(tmp_path):
+    model = bert()
+
+    def nan_rows(module, args, kwargs, output):
+        # Sequences starting with a token divisible by 5 get NaN embeddings: NaN losses, NaN gradients.
+        rows = (kwargs["input_ids"][:, 0] % 5 == 0)[:, None, None]
+        return torch.where(rows, torch.full_like(output, float("nan")), output)
+
+    model.bert.embeddings.register_forward_hook(nan_rows, with_kwargs=True)
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=0.5,
+                               selection_options={"on_nonfinite": "skip"})
+    trainer.train()
+    assert bool(torch.isfinite(params(model)).all())
+    assert trainer.selector.nonfinite_losses > 0 and trainer.skipped_updates > 0

@@ -28,6 +28,7 @@ from ..reference import Reference
 from ..scorer import Scorer
 from ..selector import OnlineSelector, SelectedBatch
 from .losses import SampleLosses, causal_lm_labels, loss_for_model
+from ..losses import finite_gradients
 from .tokens import TokenSelection, kept_token_count, select_tokens
 
 __all__ = ["SelectiveTrainer", "SELECTOR_STATE_NAME"]
@@ -104,6 +105,7 @@ class SelectiveTrainer(Trainer):
         self._plan_source: Any = None  # the epoch iterator they came from
         self._warned_shapes = False
         self._token_counts = [0, 0]  # kept and real target tokens since the last log line
+        self.skipped_updates = 0  # micro-steps whose skipped NaN/inf losses left non-finite gradients
         # Trainer reads loss_is_scaled_for_ga from transformers 5.19 on; before, it divides by the accumulation
         # steps exactly when num_items_in_batch is None, which is when compute_loss below does not scale.
         self._user_ga_scaling = getattr(self, "loss_is_scaled_for_ga", None)
@@ -365,6 +367,22 @@ class SelectiveTrainer(Trainer):
             self._token_counts[1] += kept_tokens[1]
         return (loss, None) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step``; with ``on_nonfinite="skip"``, a micro-step whose skipped NaN/inf losses
+        left non-finite gradients drops all gradients (set to None: the optimizer step leaves every weight as it
+        is, unless later micro-steps of the accumulation window add finite ones) instead of writing NaN into
+        the model."""
+        before = self.selector.nonfinite_losses if self.selector is not None else 0
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.selector is not None and self.selector.nonfinite_losses > before and not finite_gradients(model):
+            model.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            logger.warning(
+                "step %d: %d NaN/inf losses left non-finite gradients; their gradients are dropped",
+                self.state.global_step, self.selector.nonfinite_losses - before,
+            )
+        return loss
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         return super().prediction_step(model, self._strip(inputs), prediction_loss_only, ignore_keys=ignore_keys)
 
@@ -375,6 +393,8 @@ class SelectiveTrainer(Trainer):
         if "loss" in logs and self._selecting:
             if self.selector is not None:
                 logs.update(self.selector.stats())
+            if self.skipped_updates:
+                logs["train/skipped_updates"] = self.skipped_updates
             kept, real = self._token_counts
             if real:
                 logs["selection/token_kept_share"] = kept / real

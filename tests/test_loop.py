@@ -1,0 +1,43 @@
+"""The ready loop's own guards."""
+
+import torch
+
+from online_select.config import load_config
+from online_select.loop import train
+from online_select.tasks import build_task
+
+from .conftest import RECIPE, small_run
+
+
+def test_a_step_whose_skipped_losses_left_nonfinite_gradients_is_not_taken(tiny_idx_folder, tmp_path):
+    config = load_config(RECIPE, small_run(tiny_idx_folder, tmp_path / "run", "selection.on_nonfinite=skip", "train.checkpoint_every=0"))
+    task = build_task(config)
+
+    class Poisoned:
+        """The task's loss, but every 7th sample's loss is NaN in the large model's (a CNN's) steps, and so is its
+        gradient, as behind a NaN activation; the reference (an MLP) sees the plain loss."""
+
+        def __init__(self, base):
+            self.base = base
+
+        def __getattr__(self, name):
+            return getattr(self.base, name)
+
+        def __call__(self, model, batch):
+            losses = self.base(model, batch)
+            if not any(isinstance(module, torch.nn.Conv2d) for module in model.modules()):
+                return losses
+            nan_on_bad_rows = torch.zeros_like(losses).masked_fill((batch["id"] % 7 == 0).to(losses.device), float("nan"))
+            return losses * (1 + nan_on_bad_rows)  # a NaN gradient on those rows only, even times a zero weight
+
+    task.loss = Poisoned(task.loss)
+    evaluate, finite_weights = task.evaluate, []
+
+    def evaluate_and_check(model, device):
+        finite_weights.append(all(bool(torch.isfinite(p).all()) for p in model.parameters()))
+        return evaluate(model, device)
+
+    task.evaluate = evaluate_and_check
+    final = train(config, task)
+    assert finite_weights and all(finite_weights)  # at every eval
+    assert final["selection/nonfinite_losses"] > 0 and 0 < final["train/skipped_updates"] < 30
