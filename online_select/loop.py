@@ -82,8 +82,13 @@ def resolve_keep_count(keep: float, candidate_batch_size: int) -> int | float:
     return float(keep)
 
 
-def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], torch.Tensor]) -> tuple[OnlineSelector, dict]:
-    """Build the reference, scorer and selector a recipe asks for. Returns the selector and a report."""
+def build_selector(
+    config: Config, task: Task, large_loss_fn: Callable[[Any], torch.Tensor], keep: int | float | None = None
+) -> tuple[OnlineSelector, dict]:
+    """Build the reference, scorer and selector a recipe asks for. Returns the selector and a report.
+
+    ``keep``: the selector's count or ratio, if not the recipe's ``selection.keep`` (the loop's uniform
+    baseline loads only the k samples it trains on, and keeps all k)."""
     sel = config.selection
     from .policies import get_policy
 
@@ -104,7 +109,7 @@ def build_selector(config: Config, task: Task, large_loss_fn: Callable[[Any], to
     label_floor = task.label_floor() if sel.label_floor == "auto" else float(sel.label_floor)
     selector = OnlineSelector(
         policy,
-        resolve_keep_count(sel.keep, sel.candidate_batch_size),
+        resolve_keep_count(sel.keep, sel.candidate_batch_size) if keep is None else keep,
         scorer=scorer,
         reference=reference,
         large_loss_fn=large_loss_fn,
@@ -371,7 +376,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             model.train()
 
     build_start = time.perf_counter()
-    selector, reference_report = build_selector(config, task, large_loss_fn)
+    selector, reference_report = build_selector(config, task, large_loss_fn, keep=k if uniform else None)
     build_s = time.perf_counter() - build_start
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors

@@ -41,3 +41,14 @@ def test_a_step_whose_skipped_losses_left_nonfinite_gradients_is_not_taken(tiny_
     final = train(config, task)
     assert finite_weights and all(finite_weights)  # at every eval
     assert final["selection/nonfinite_losses"] > 0 and 0 < final["train/skipped_updates"] < 30
+
+
+def test_uniform_with_a_keep_ratio_trains_on_k_samples_a_step(tiny_idx_folder, tmp_path):
+    config = load_config(RECIPE, small_run(tiny_idx_folder, tmp_path / "run", "selection.policy=uniform", "selection.keep=0.25",
+                                           "train.max_steps=5", "train.checkpoint_every=0"))
+    task = build_task(config)
+    trained = []
+    loss = task.loss
+    task.loss = lambda model, batch: trained.append(len(batch["id"])) or loss(model, batch)
+    train(config, task)
+    assert trained == [16] * 5  # 0.25 of the 64 candidates, as every other policy: not 0.25 of the 16 it loads
