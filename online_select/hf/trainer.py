@@ -166,7 +166,7 @@ class SelectiveTrainer(Trainer):
             num_labels = getattr(getattr(self.model, "config", None), "num_labels", 0)
             is_classifier = type(self.model).__name__.endswith("ForSequenceClassification")
             options["label_floor"] = 1.0 / num_labels if is_classifier and num_labels > 1 else 0.0
-        options.setdefault("seed", self.args.seed + self.args.process_index)
+        options.setdefault("seed", self.args.seed)  # per process in local mode: the selector offsets its stream by rank
         return OnlineSelector(
             resolved,
             keep,
