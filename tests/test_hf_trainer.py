@@ -87,6 +87,27 @@ def test_keeping_every_candidate_matches_trainer_with_gradient_accumulation(tmp_
     assert ours.state.global_step == plain.state.global_step == 6
 
 
+def test_multi_label_losses_are_averaged_over_samples_not_over_label_entries(tmp_path):
+    """Trainer counts 3 label entries a sample; the loss has one item a sample (the mean over its labels): so a
+    window of 2 micro-batches of 8 updates as one batch of 16 does, and as Trainer does without accumulation."""
+    def multi_label_bert():
+        model = bert()
+        model.config.problem_type = "multi_label_classification"
+        return model
+
+    g = torch.Generator().manual_seed(0)
+    data = add_ids(Dataset.from_dict({"input_ids": torch.randint(0, 64, (64, 8), generator=g).tolist(),
+                                      "labels": (torch.rand(64, 3, generator=g) > 0.5).float().tolist()}))
+    sgd = dict(optim="sgd", learning_rate=0.5)
+    one_batch = Trainer(model=multi_label_bert(), args=args(tmp_path / "a", per_device_train_batch_size=16, **sgd),
+                        train_dataset=data.remove_columns(["id"]))
+    one_batch.train()
+    window = SelectiveTrainer(model=multi_label_bert(), train_dataset=data, keep=8, policy="uniform", explore=0.0,
+                              args=args(tmp_path / "b", per_device_train_batch_size=8, gradient_accumulation_steps=2, **sgd))
+    window.train()
+    assert torch.allclose(params(one_batch.model), params(window.model), atol=1e-6)
+
+
 class LogRecorder(TrainerCallback):
     """Receives log lines the way every report_to integration (W&B, TensorBoard...) does."""
 

@@ -251,10 +251,25 @@ class SelectiveTrainer(Trainer):
         batches = [c if s is None else s.batch for c, s in zip(candidates, selections)]
         self._pending.clear()
         self._pending.extend(selections)
-        num_items = self._get_num_items_in_batch(batches, device)
+        num_items = self._get_num_items_in_batch(batches, device) if self._items_are_labels(batches) else None
         if num_items is not None and self.token_selection is not None:
             num_items = self._kept_tokens_in_window(batches, device)
         return batches, num_items
+
+    def _items_are_labels(self, batches: list) -> bool:
+        """Whether Trainer's count of the window's labels (those not -100) counts the loss's items: next tokens
+        of a causal LM, or one label a sample of a single-label classifier. A custom per-sample loss, regression
+        and multi-label classification have one item a sample whatever the labels' shape; their loss is then
+        the mean over each micro-batch's samples, as Trainer's own is for a model that takes no ``num_items_in_batch``."""
+        kind = getattr(self._per_sample, "kind", None)
+        if kind == "causal_lm":
+            return True
+        if kind != "sequence_classification":
+            return False
+        labels = [batch.get("labels") if isinstance(batch, Mapping) else None for batch in batches]
+        return all(
+            isinstance(label, torch.Tensor) and label.ndim == 1 and not label.is_floating_point() for label in labels
+        )
 
     def _next_selection(self, epoch_iterator) -> tuple[Any, SelectedBatch | None] | None:
         """The next candidate batch and its selection (a plan's next part); None at the epoch's end."""
