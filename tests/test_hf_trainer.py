@@ -149,6 +149,14 @@ def test_selector_and_settings_are_exclusive(tmp_path):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), policy="predicted_loss")
 
 
+def test_settings_selection_would_silently_ignore_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing_factor is not applied"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path, label_smoothing_factor=0.1), train_dataset=cls_dataset(), keep=4)
+    with pytest.raises(ValueError, match="loss_discount is not supported by SelectiveTrainer"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4,
+                         selection_options={"loss_discount": 0.5})
+
+
 def test_checkpoint_resume_restores_the_selector(tmp_path):
     def run(out, max_steps, resume=None):
         a = args(out, max_steps=max_steps, save_strategy="steps", save_steps=3, logging_steps=3)

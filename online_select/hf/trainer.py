@@ -119,6 +119,16 @@ class SelectiveTrainer(Trainer):
             )
         if self._selecting and self.compute_loss_func is not None:
             raise ValueError("compute_loss_func cannot be combined with selection: pass per_sample_loss= instead")
+        if self._selecting and self.args.label_smoothing_factor:
+            raise ValueError(
+                "label_smoothing_factor is not applied by the per-sample losses selection trains on; pass a "
+                "per_sample_loss= that smooths (e.g. F.cross_entropy(..., label_smoothing=0.1, reduction='none'))"
+            )
+        if self.selector is not None and self.selector.loss_discount:
+            raise ValueError(
+                "loss_discount is not supported by SelectiveTrainer (it weights the loss OnlineSelector.observe "
+                "returns, which the trainer does not use); it applies in the ready loop and your own loop"
+            )
         self._check_plan_steps()
 
     def _check_plan_steps(self) -> None:
