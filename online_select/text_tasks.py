@@ -162,12 +162,18 @@ class RottenTomatoesTask(Task):
             "noisy": is_noisy,
         }
         self.train_texts = train_texts
+        # With reference.kind=holdout a data.holdout_fraction of the training ids fits the reference and is never
+        # trained on (the rows are already in random order, so the first ones).
+        n = len(noisy_labels)
+        cut = max(1, int(round(d.holdout_fraction * n))) if config.reference.kind == "holdout" else 0
+        self.holdout_ids, self.trained_ids = torch.arange(cut), torch.arange(cut, n)
         self.test = {"input_ids": test_enc["input_ids"], "attention_mask": test_enc["attention_mask"],
                      "labels": all_labels[test_rows][: len(test_texts)]}
         self.loss = _TrimmedClassificationLoss()
 
     def train_loader(self, batch_size: int, seed: int) -> TensorLoader:
-        return TensorLoader(self.train_fields, batch_size, seed)
+        fields = {name: values.index_select(0, self.trained_ids) for name, values in self.train_fields.items()}
+        return TensorLoader(fields, batch_size, seed, ids=self.trained_ids)
 
     def examples(self, ids: torch.Tensor) -> dict[str, Any]:
         return {
@@ -211,8 +217,7 @@ class RottenTomatoesTask(Task):
         if ref.kind == "twin_halves":
             parts = [(ids[ids % 2 == h], ids[ids % 2 != h]) for h in (0, 1)]
         elif ref.kind == "holdout":
-            cut = max(1, int(round(self.config.data.holdout_fraction * n)))
-            parts = [(ids[:cut], ids)]
+            parts = [(self.holdout_ids, self.trained_ids)]  # fit on the held-out ids, score those trained on
         else:
             raise ValueError(f"unknown reference.kind {ref.kind!r}; expected twin_halves, holdout, file or none")
         for fit_ids, score_ids in parts:

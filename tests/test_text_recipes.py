@@ -140,3 +140,25 @@ def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
     assert [line["step"] for line in evals] == [0, 3, 6]
     assert evals[-1]["reference_ids"] == 300 and "selection/noisy_share" in evals[-1]
+
+
+def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(tmp_path, monkeypatch):
+    import online_select.text_tasks as text_tasks
+    from online_select.config import load_config
+    from online_select.tasks import build_task
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(6)) + " good movie ." for _ in range(200)]
+    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name: (texts, [1] * 200))
+    config = load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
+        f"model.pretrained_path={_tiny_encoder(tmp_path / 'encoder')}", "data.extra.test_size=40", "data.max_length=16",
+        "reference.kind=holdout", "data.holdout_fraction=0.25", "reference.model=bow", "reference.epochs=1"])
+    task = build_task(config)
+    reference, _ = task.build_reference(0)
+    held_out = set(task.holdout_ids.tolist())
+    assert len(held_out) == 40
+    loader = task.train_loader(8, 0)
+    trained = {int(i) for _ in range(2 * 120 // 8) for i in next(loader)["id"]}
+    assert trained == set(range(160)) - held_out  # two epochs of the 120 others, never a held-out id
+    losses = reference.table
+    assert bool(losses[task.trained_ids].isfinite().all()) and bool(losses[task.holdout_ids].isnan().all())
