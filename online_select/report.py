@@ -1,6 +1,7 @@
 """``online-select report``: runs' ``metrics.jsonl`` files as one self-contained HTML page.
 
-Works offline, without any tracker: accuracy vs steps and vs training seconds for each run, selection
+Works offline, without any tracker: each run's eval metric (its task's: accuracy, or validation loss for the
+language model) vs steps and vs training seconds, selection
 quality (the scorer's Spearman on the exploration picks, precision@k against the audit oracle), the
 noisy-label share of the selection, selected vs rejected score histograms, the class mix of the
 selection, the time split, the most-selected and most-rejected examples, and plain-language warnings
@@ -22,9 +23,12 @@ from typing import Any
 
 import yaml
 
+from .tasks import task_metric
+
 __all__ = ["RunData", "find_runs", "load_run", "health_checks", "report_figures", "write_report"]
 
 ACCURACY = "eval/accuracy"
+PLOTTED = "_plotted_metric"  # the eval metric as the accuracy figure draws it (accuracy in %)
 _MAX_HISTOGRAM_RUNS = 8
 
 
@@ -42,6 +46,15 @@ class RunData:
     @property
     def policy(self) -> str:
         return str(self.config.get("selection", {}).get("policy", "?"))
+
+    @property
+    def metric(self) -> tuple[str, str]:
+        """The eval metric its task is compared on and whether higher (``max``) or lower (``min``) is better."""
+        return task_metric(str(self.config.get("task", "idx_images")))
+
+    def metric_values(self) -> list[float]:
+        """The eval metric at each eval line that has it."""
+        return self.series(self.metric[0])[1]
 
     def series(self, key: str, lines: str = "evals") -> tuple[list[float], list[float]]:
         """(steps, values) of ``key`` over the eval (or train) lines that carry a finite value."""
@@ -107,10 +120,22 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         path=path,
         name=name or path.name,
         config=config,
-        train=sorted((line for line in lines if ACCURACY not in line), key=lambda line: line["step"]),
-        evals=sorted((line for line in lines if ACCURACY in line), key=lambda line: line["step"]),
+        train=sorted((line for line in lines if not _is_eval(line)), key=lambda line: line["step"]),
+        evals=sorted((line for line in lines if _is_eval(line)), key=lambda line: line["step"]),
         tables=tables,
     )
+
+
+def _is_eval(line: dict[str, Any]) -> bool:
+    return any(key.startswith("eval/") for key in line)
+
+
+def _metric_label(runs: list[RunData]) -> str:
+    """How the summary and the first figure name the runs' eval metric (accuracy in %)."""
+    metrics = {run.metric[0] for run in runs}
+    if metrics == {ACCURACY}:
+        return "accuracy %"
+    return " / ".join(sorted(metrics))
 
 
 def _mean(values: list[float]) -> float:
@@ -200,20 +225,23 @@ def _finish(ax: Any, title: str, xlabel: str, ylabel: str = "", drawn: bool = Tr
 def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     """The report's figures: ``{file stem: (caption, PNG bytes)}``."""
     figures: dict[str, tuple[str, bytes]] = {}
-    scaled = [RunData(r.path, r.name, r.config, r.train, [{**e, "acc%": 100 * e[ACCURACY]} for e in r.evals]) for r in runs]
+    scaled = [RunData(r.path, r.name, r.config, r.train, [
+        {**e, PLOTTED: (100 if r.metric[0] == ACCURACY else 1) * e[r.metric[0]]} if r.metric[0] in e else e for e in r.evals
+    ]) for r in runs]
+    label = _metric_label(runs)
 
     fig, axes = _subplots(1, 2, figsize=(12, 4.2))
-    drawn = _plot_lines(axes[0], scaled, "acc%", marker=".")
-    _finish(axes[0], "test accuracy vs large-model steps", "steps", "accuracy %", drawn)
-    drawn = _plot_lines(axes[1], scaled, "acc%", x_key="wall_s", marker=".")
-    _finish(axes[1], "test accuracy vs training seconds (selection included)", "seconds", "accuracy %", drawn)
-    accuracies = [e["acc%"] for r in scaled for e in r.evals[1:]]
-    if accuracies:
+    drawn = _plot_lines(axes[0], scaled, PLOTTED, marker=".")
+    _finish(axes[0], f"eval {label} vs large-model steps", "steps", label, drawn)
+    drawn = _plot_lines(axes[1], scaled, PLOTTED, x_key="wall_s", marker=".")
+    _finish(axes[1], f"eval {label} vs training seconds (selection included)", "seconds", label, drawn)
+    accuracies = [e[PLOTTED] for r in scaled if r.metric[0] == ACCURACY for e in r.evals[1:] if PLOTTED in e]
+    if accuracies and label == "accuracy %":
         for ax in axes:
             ax.set_ylim(max(min(accuracies), max(accuracies) - 20) - 0.5, max(accuracies) + 0.5)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    figures["accuracy"] = ("Accuracy of each run against steps and against training seconds.", _png(fig))
+    figures["accuracy"] = (f"Each run's eval {label} against steps and against training seconds.", _png(fig))
 
     fig, axes = _subplots(1, 3, figsize=(15, 4.2))
     drawn = _plot_lines(axes[0], runs, "selection/spearman_explore", marker=".")
@@ -331,14 +359,16 @@ def _summary_rows(runs: list[RunData]) -> list[list[str]]:
 
     rows = []
     for run in runs:
-        accs = [e[ACCURACY] for e in run.evals]
+        key, mode = run.metric
+        values = run.metric_values()
+        show = pct if key == ACCURACY else (lambda value: num(value, 4))
         late = run.evals[len(run.evals) // 2 :]
         rows.append([
             run.name,
             run.policy,
             str(run.evals[-1]["step"]) if run.evals else "–",
-            pct(max(accs)) if accs else "–",
-            pct(accs[-1]) if accs else "–",
+            show((max if mode == "max" else min)(values)) if values else "–",
+            show(values[-1]) if values else "–",
             num(run.evals[-1].get("wall_s", float("nan")), 1) if run.evals else "–",
             f"{pct(_mean([e['selection/noisy_share'] for e in late if _finite(e.get('selection/noisy_share'))]))} "
             f"({pct(_mean([e['selection/base_noisy_share'] for e in late if _finite(e.get('selection/base_noisy_share'))]))})",
@@ -350,10 +380,10 @@ def _summary_rows(runs: list[RunData]) -> list[list[str]]:
     return rows
 
 
-_SUMMARY_HEADER = [
-    "run", "policy", "steps", "best acc %", "final acc %", "training s", "noisy % selected (candidates)",
-    "Spearman explore", "precision@k (chance)", "coverage %",
-]
+def _summary_header(runs: list[RunData]) -> list[str]:
+    label = "acc %" if _metric_label(runs) == "accuracy %" else _metric_label(runs)
+    return ["run", "policy", "steps", f"best {label}", f"final {label}", "training s", "noisy % selected (candidates)",
+            "Spearman explore", "precision@k (chance)", "coverage %"]
 
 _GUIDE = """
 <p>What healthy selection looks like:</p>
@@ -431,7 +461,7 @@ def write_report(paths: list[str | Path], out: str | Path | None = None, title: 
 
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(runs)} run(s): " + ", ".join(
         f"<code>{html.escape(str(r.path))}</code>" for r in runs) + "</p>"]
-    body.append("<h2>Summary</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in _SUMMARY_HEADER) + "</tr>")
+    body.append("<h2>Summary</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in _summary_header(runs)) + "</tr>")
     for row in _summary_rows(runs):
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     body.append("</table><p style='font-size:0.85em'>Noisy share, Spearman and precision@k: means over the second half"

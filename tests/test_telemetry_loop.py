@@ -154,6 +154,20 @@ def test_health_checks_flag_noise_chasing_and_a_blind_scorer(tmp_path):
     assert health_checks(load_run(tmp_path)) == []
 
 
+def test_a_language_model_run_is_reported_on_its_validation_loss(tmp_path):
+    # The LM recipe's evals carry eval/loss, not eval/accuracy: they are evals all the same, best is the lowest.
+    lines = [{"step": s, "wall_s": s / 10, "eval/loss": loss, "selection/noisy_share": 0.9, "selection/base_noisy_share": 0.5,
+              "selection/spearman_explore": 0.4} for s, loss in ((0, 5.0), (100, 3.2), (200, 3.4))]
+    lines.insert(1, {"step": 50, "wall_s": 5.0, "train/loss": 4.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "config.yaml").write_text("task: noisy_corpus_lm\nselection: {policy: predicted_learnability}\n")
+    run = load_run(tmp_path)
+    assert [e["step"] for e in run.evals] == [0, 100, 200] and [t["step"] for t in run.train] == [50]
+    assert "mislabelled" in " ".join(health_checks(run))
+    page = write_report([tmp_path], tmp_path / "lm.html").read_text()
+    assert "<th>best eval/loss</th>" in page and "<td>3.2000</td><td>3.4000</td>" in page
+
+
 def test_tensorboard_gets_scalars_and_histograms(tiny_idx_folder, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
