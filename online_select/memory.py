@@ -61,7 +61,8 @@ class LossMemory:
 
     def update(self, ids: torch.Tensor, losses: torch.Tensor, step: int | torch.Tensor) -> None:
         """Record ``losses`` observed for ``ids`` at ``step`` (one for all, or one per id; non-finite
-        losses are not recorded)."""
+        losses are not recorded). An id that comes several times (a sampler drawing with replacement, a plan
+        across an epoch's end) counts each time and keeps its last row's loss and step."""
         ids, max_id = checked_ids_and_max(ids, losses.numel())
         losses = losses.detach().float().cpu()
         if isinstance(step, torch.Tensor) and step.shape != ids.shape:
@@ -75,9 +76,17 @@ class LossMemory:
         if ids.numel() == 0:
             return
         self._grow(max_id)
+        self.count.index_add_(0, ids, torch.ones_like(ids))
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        if unique.numel() < ids.numel():
+            # Writing repeated ids at once leaves any of their values; keep each one's last row.
+            rows = torch.arange(ids.numel())
+            last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, rows, "amax")
+            ids, losses = unique, losses[last]
+            if isinstance(step, torch.Tensor):
+                step = step[last]
         self.last_loss[ids] = losses
         self.last_step[ids] = step
-        self.count[ids] += 1
 
     def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(last_loss, last_step, count)`` for ``ids``; unseen ids give NaN, 0, 0."""

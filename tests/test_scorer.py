@@ -110,6 +110,17 @@ def test_memory_lookup_of_unseen_ids_leaves_the_state_unchanged():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
 
 
+def test_memory_counts_an_id_each_time_it_comes_and_keeps_its_last_row():
+    from online_select import LossMemory
+
+    memory = LossMemory()
+    # A sampler drawing with replacement, or a plan across an epoch's end: id 3 three times, id 7 twice.
+    memory.update(torch.tensor([3, 7, 3, 1, 3, 7]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                  step=torch.tensor([10, 10, 11, 11, 12, 12]))
+    loss, step, count = memory.lookup(torch.tensor([3, 7, 1]))
+    assert count.tolist() == [3, 2, 1] and loss.tolist() == [5.0, 6.0, 4.0] and step.tolist() == [12, 12, 11]
+
+
 @pytest.mark.parametrize("with_model", [False, True])
 def test_update_every_learns_once_per_m_observations_on_all_of_them(with_model):
     g = torch.Generator().manual_seed(3)
