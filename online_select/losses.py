@@ -59,7 +59,7 @@ def check_per_sample_loss(losses: torch.Tensor, batch_size: int, what: str = "lo
             "Reduce per-token losses to per-sample ones first (see online_select.hf.causal_lm_loss)."
         )
     if losses.shape[0] != batch_size:
-        raise LossShapeError(f"{what} has {losses.shape[0]} values but {batch_size} samples were selected")
+        raise LossShapeError(f"{what} has {losses.shape[0]} values for a batch of {batch_size} samples")
     if losses.dtype.is_floating_point is False:
         raise TypeError(f"{what} must be floating point, got {losses.dtype}")
     return losses

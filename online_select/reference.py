@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import ModelLoss
+from .batch import batch_size
+from .losses import ModelLoss, check_per_sample_loss
 from .memory import check_ids, checked_ids_and_max
 
 __all__ = [
@@ -178,7 +179,7 @@ class ReferenceModel(Reference):
 
     @torch.inference_mode()
     def losses(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
-        return self.loss(self.model, batch).float().cpu()
+        return check_per_sample_loss(self.loss(self.model, batch), batch_size(batch), "the reference model's loss").float().cpu()
 
     @torch.inference_mode()
     def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:

@@ -37,7 +37,7 @@ from .distributed import (
     global_keep,
     local_keep,
 )
-from .losses import NonFiniteLossError, check_per_sample_loss, get_field
+from .losses import LossShapeError, NonFiniteLossError, check_per_sample_loss, get_field
 from .memory import LossMemory, check_ids
 from .policies import SIGNALS, Policy, Signals, get_policy, plausible_labels
 from .reference import Reference, ReferenceTable
@@ -606,6 +606,11 @@ class OnlineSelector:
         reference_features = None
         if self.reference is not None:
             reference_loss, reference_features = self.reference.losses_and_features(candidate_batch, ids)
+            reference_loss = check_per_sample_loss(reference_loss, n, "the reference's loss")
+            if reference_features.ndim != 2 or reference_features.shape[0] != n:
+                raise LossShapeError(
+                    f"the reference's features have shape {tuple(reference_features.shape)}; expected ({n}, F), one row per candidate"
+                )
             signals.reference_loss = reference_loss
         if self.scorer is not None:
             features = self.scorer.features(candidate_batch, ids, self.step, reference_features)
@@ -616,7 +621,7 @@ class OnlineSelector:
                 large = self.large_loss_fn(candidate_batch)
             signals.large_loss = check_per_sample_loss(large, n, "large_loss_fn output").float().cpu()
         if self.proxy is not None and not warming_up:
-            signals.proxy_loss = self.proxy.losses(candidate_batch)
+            signals.proxy_loss = check_per_sample_loss(self.proxy.losses(candidate_batch), n, "the proxy's loss")
         return signals, features, predicted, reference_loss
 
     def _choose(self, signals: Signals, k: int) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:

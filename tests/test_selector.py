@@ -135,10 +135,22 @@ def test_scalar_loss_is_rejected_with_the_fix():
     selected = selector.select(_batch())
     with pytest.raises(LossShapeError, match="reduction='none'"):
         selector.observe(selected, torch.tensor(1.0))
-    with pytest.raises(LossShapeError, match="has 3 values but 4 samples"):
+    with pytest.raises(LossShapeError, match="has 3 values for a batch of 4 samples"):
         selector.observe(selected, torch.ones(3))
     with pytest.raises(LossShapeError, match=r"shape \(4, 7\)"):
         selector.observe(selected, torch.ones(4, 7))
+
+
+def test_a_reference_or_proxy_loss_that_is_not_per_sample_is_named():
+    def mean_loss(model, batch):
+        return F.cross_entropy(model(batch["input"]), batch["label"])
+
+    reference = ReferenceModel(torch.nn.Linear(5, 3), mean_loss)
+    with pytest.raises(LossShapeError, match="the reference model's loss is a scalar"):
+        OnlineSelector("reducible_loss", keep=4, reference=reference, large_loss_fn=lambda b: torch.ones(32)).select(_batch())
+    proxy = ProxyModel(torch.nn.Linear(5, 3), lambda model, batch: mean_loss(model, batch)[None])
+    with pytest.raises(LossShapeError, match="the proxy's loss has 1 values for a batch of 32 samples"):
+        OnlineSelector("proxy_loss", keep=4, proxy=proxy).select(_batch())
 
 
 def test_nan_losses_raise_or_are_skipped_and_counted():
