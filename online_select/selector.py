@@ -102,6 +102,7 @@ class SelectedBatch:
     timings: dict = field(default_factory=dict)
     selection_order: torch.Tensor | None = field(default=None, repr=False)
     plan: _Plan | None = field(default=None, repr=False)
+    observed: bool = field(default=False, repr=False)
 
     @property
     def k(self) -> int:
@@ -801,10 +802,13 @@ class OnlineSelector:
         observed = losses.detach().float().cpu()
         if selected.plan is not None:
             return self._observe_part(selected, losses, observed, start)
+        if selected.observed:
+            raise RuntimeError("this selection was observed already: observe each select() once (the scorer, memory and counters learnt from it)")
         group = self._process_group()
         view = self._view(selected, observed) if group is None else self._gather_view(group, selected, observed)
         finite, keep = self._finite(view.losses)
         self._learn(view, finite, keep, 1, selected, start)
+        selected.observed = True
         return self._loss(selected.weights, losses, observed, view.losses, finite, keep, group)
 
     def _observe_part(self, part: SelectedBatch, losses: torch.Tensor, observed: torch.Tensor, start: float) -> torch.Tensor:

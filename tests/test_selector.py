@@ -153,6 +153,17 @@ def test_a_reference_or_proxy_loss_that_is_not_per_sample_is_named():
         OnlineSelector("proxy_loss", keep=4, proxy=proxy).select(_batch())
 
 
+def test_a_selection_is_observed_once():
+    selector = _selector()
+    selected = selector.select(_batch())
+    with pytest.raises(NonFiniteLossError):  # refused before anything learnt from it: it may be observed again
+        selector.observe(selected, torch.full((8,), float("nan")))
+    selector.observe(selected, torch.ones(8))
+    with pytest.raises(RuntimeError, match="observed already"):
+        selector.observe(selected, torch.ones(8))
+    assert selector.step == 1 and selector.samples_seen == 32 and int(selector.scorer.memory.count.sum()) == 8
+
+
 def test_nan_losses_raise_or_are_skipped_and_counted():
     selector = OnlineSelector("uniform", keep=4)
     selected = selector.select(_batch())
