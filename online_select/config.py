@@ -169,7 +169,7 @@ class LoggingConfig:
 class Config:
     """A whole recipe."""
 
-    task: str = "fashion_mnist"
+    task: str = "idx_images"  # an IDX image folder (Fashion-MNIST by default, see data.path)
     seed: int = 0
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -271,13 +271,16 @@ def _set_dotted(data: dict, cls: type, key: str, raw: str) -> None:
                 raise ConfigError(f"{dotted!r} is a section; set one of its keys, e.g. {dotted}.<key>=...")
             node[part] = yaml.safe_load(raw) if raw != "" else ""
             return
-        if hint is dict or typing.get_origin(hint) is dict:
-            node.setdefault(part, {})
+        if not (hint is dict or typing.get_origin(hint) is dict or dataclasses.is_dataclass(hint)):
+            raise ConfigError(f"{dotted!r} is not a section, so {key!r} does not exist")
+        if node.get(part) is None:  # absent, or an empty section in the YAML (`data:`)
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError(f"{dotted!r} is a section, but the recipe gives it the value {node[part]!r}")
+        if not dataclasses.is_dataclass(hint):
             node[part][".".join(parts[i + 1 :])] = yaml.safe_load(raw)
             return
-        if not dataclasses.is_dataclass(hint):
-            raise ConfigError(f"{dotted!r} is not a section, so {key!r} does not exist")
-        node = node.setdefault(part, {}) if isinstance(node.get(part), dict) else node.setdefault(part, {})
+        node = node[part]
         node_cls = hint
 
 

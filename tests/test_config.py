@@ -50,3 +50,16 @@ def test_unsafe_yaml_is_rejected(tmp_path):
     recipe.write_text("seed: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(Exception, match="could not determine a constructor"):
         load_config(recipe)
+
+
+def test_an_empty_section_takes_overrides_and_the_default_task_exists(tmp_path):
+    from online_select.tasks import TASK_BUILDERS
+
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\nselection:\n  policy: uniform\n")
+    config = load_config(path, ["data.label_noise=0.1", "data.extra.test_size=5"])
+    assert config.data.label_noise == 0.1 and config.data.extra == {"test_size": 5}
+    assert config.task in TASK_BUILDERS
+    path.write_text("data: 5\n")
+    with pytest.raises(ConfigError, match="'data' is a section, but the recipe gives it the value 5"):
+        load_config(path, ["data.label_noise=0.1"])
