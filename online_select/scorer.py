@@ -43,13 +43,18 @@ class RunningNorm(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         mean, var = x.mean(0), x.var(0, unbiased=False) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        # A column that does not vary in this batch says nothing of its scale: its variance is kept (1 until it
+        # first varies). Floored instead, a column constant so far (the memory's, while every candidate is still
+        # unseen) would scale its first varying values up a hundredfold.
+        varies = var > 1e-12
+        var = torch.where(varies, var.clamp_min(1e-4), self.var)
         if not bool(self.initialised):
             self.mean.copy_(mean)
-            self.var.copy_(var.clamp_min(1e-4))
+            self.var.copy_(var)
             self.initialised.fill_(True)
             return
         self.mean.lerp_(mean, self.momentum)
-        self.var.lerp_(var.clamp_min(1e-4), self.momentum)
+        self.var.lerp_(var, self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.var.sqrt()

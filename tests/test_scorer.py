@@ -177,3 +177,16 @@ def test_last_scorer_loss_survives_a_state_dict_round_trip():
 def test_update_every_must_be_positive():
     with pytest.raises(ValueError, match="update_every"):
         Scorer(update_every=0)
+
+
+def test_a_feature_constant_so_far_is_not_blown_up_when_it_first_varies():
+    from online_select.scorer import RunningNorm
+
+    norm = RunningNorm(2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # an epoch of unseen candidates: the memory's "seen" column is 0 for all of them
+        norm.update(torch.stack([torch.randn(64, generator=g), torch.zeros(64)], dim=1))
+    seen = torch.stack([torch.randn(64, generator=g), (torch.rand(64, generator=g) < 0.1).float()], dim=1)
+    assert norm(seen)[:, 1].abs().max() <= 1.0  # unscaled until it varies, not divided by a floored std of 0.01
+    norm.update(seen)
+    assert 0.9 < float(norm.var[1]) <= 1.0  # then it moves from 1 toward its variance at the norm's momentum
