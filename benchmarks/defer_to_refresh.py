@@ -29,8 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from levers import run_patched
-from neighbour_vote import option
+from levers import option, run_patched
 
 import online_select.loop as loop_module
 from online_select import ReferenceTable

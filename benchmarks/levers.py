@@ -11,6 +11,7 @@ A variant whose folder already holds a finished run of the same config is read b
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,39 @@ def run_patched(
             summary = summarise_run(name, seed, read_metrics(folder / "metrics.jsonl"), comparison)
             runs.setdefault(name, []).append((summary, folder))
     return runs
+
+
+def option(overrides: list[str], name: str, default: str) -> tuple[str, list[str]]:
+    """The value of ``--NAME=VALUE`` among the overrides (the last one; ``default`` if absent) and the others."""
+    prefix = f"--{name}="
+    values = [o[len(prefix):] for o in overrides if o.startswith(prefix)]
+    return (values[-1] if values else default), [o for o in overrides if not o.startswith(prefix)]
+
+
+def sweep_main(
+    argv: list[str], doc: str, name: str, default: str, describe: Callable[[str], str], folder: Callable[[str], str],
+    patch: Callable[[float], contextlib.AbstractContextManager],
+) -> None:
+    """A patch script's command line, ``OUT SEEDS [--NAME=V1,V2] [recipe overrides...]``: the default and the patch at
+    each value, seed by seed, then :func:`patched_table`."""
+    if len(argv) < 3:
+        sys.exit(doc)
+    values, overrides = option(argv[3:], name, default)
+    patches = [(describe(v), folder(v), functools.partial(patch, float(v))) for v in values.split(",")]
+    print(patched_table(argv[1], int(argv[2]), overrides, patches))
+
+
+def patched_table(
+    out: str, seeds: int, overrides: list[str], patches: list[tuple[str, str, Callable[[], contextlib.AbstractContextManager]]]
+) -> str:
+    """:func:`run_patched`, then a table of best and final accuracy and the flipped share of the picks, mean ± std
+    over seeds."""
+    runs = {name: [summary for summary, _ in rows] for name, rows in run_patched(out, seeds, overrides, patches).items()}
+    table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n", "| run | best acc % | final acc % | flipped labels selected % |",
+             "|---|---|---|---|"]
+    table += [f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
+              f"| {_fmt([100 * r.noisy_share for r in rs], 1)} |" for name, rs in runs.items()]
+    return "\n".join(table)
 
 
 def main(out: str, overrides: list[str]) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from levers import DEFAULT, run_variant
+from levers import DEFAULT, option, run_variant
 
 from online_select.bench import Comparison, _fmt, bench_table, read_metrics, summarise_run
 from online_select.policies import plausible_labels
@@ -91,12 +91,6 @@ def neighbour_vote(threshold: float, k: int, pool_size: int, seed: int, record: 
         yield
     finally:
         ImageClassificationTask.large_model, OnlineSelector.refresh_reference = build_model, refresh
-
-
-def option(overrides: list[str], name: str, default: str) -> tuple[str, list[str]]:
-    prefix = f"--{name}="
-    values = [o[len(prefix):] for o in overrides if o.startswith(prefix)]
-    return (values[-1] if values else default), [o for o in overrides if not o.startswith(prefix)]
 
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:

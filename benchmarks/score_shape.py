@@ -18,16 +18,13 @@ A run whose folder already holds a finished run of the same config is read back,
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from collections.abc import Iterator
 
 import torch
-from levers import run_patched
-from neighbour_vote import option
+from levers import sweep_main
 
 import online_select.policies as policies_module
-from online_select.bench import _fmt
 
 
 @contextlib.contextmanager
@@ -47,19 +44,5 @@ def score_shape(gamma: float) -> Iterator[None]:
         policies_module.learnability = learnability
 
 
-def main(out: str, seeds: int, overrides: list[str]) -> None:
-    gammas, overrides = option(overrides, "gammas", "0.5,2")
-    patches = [(f"default, reference factor ** {g}", f"gamma_{g}", functools.partial(score_shape, float(g)))
-               for g in gammas.split(",")]
-    runs = {name: [summary for summary, _ in rows] for name, rows in run_patched(out, seeds, overrides, patches).items()}
-    table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n", "| run | best acc % | final acc % | flipped labels selected % |",
-             "|---|---|---|---|"]
-    table += [f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
-              f"| {_fmt([100 * r.noisy_share for r in rs], 1)} |" for name, rs in runs.items()]
-    print("\n".join(table))
-
-
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
+    sweep_main(sys.argv, __doc__, "gammas", "0.5,2", lambda g: f"default, reference factor ** {g}", lambda g: f"gamma_{g}", score_shape)

@@ -18,17 +18,14 @@ A run whose folder already holds a finished run of the same config is read back,
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from levers import run_patched
-from neighbour_vote import option
+from levers import sweep_main
 
 import online_select.reference as reference_module
-from online_select.bench import _fmt
 from online_select.selector import OnlineSelector
 from online_select.tasks import ImageClassificationTask
 
@@ -97,19 +94,5 @@ def soft_targets(beta: float) -> Iterator[None]:
         OnlineSelector.select_plan, OnlineSelector.observe = select_plan, observe
 
 
-def main(out: str, seeds: int, overrides: list[str]) -> None:
-    betas, overrides = option(overrides, "betas", "0.3")
-    patches = [(f"default + soft targets, beta {b}", f"soft_{b}", functools.partial(soft_targets, float(b)))
-               for b in betas.split(",")]
-    runs = {name: [summary for summary, _ in rows] for name, rows in run_patched(out, seeds, overrides, patches).items()}
-    table = [f"\n{seeds} seed(s), {' '.join(overrides)}\n", "| run | best acc % | final acc % | flipped labels selected % |",
-             "|---|---|---|---|"]
-    table += [f"| {name} | {_fmt([100 * r.best for r in rs], 2)} | {_fmt([100 * r.final for r in rs], 2)} "
-              f"| {_fmt([100 * r.noisy_share for r in rs], 1)} |" for name, rs in runs.items()]
-    print("\n".join(table))
-
-
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
+    sweep_main(sys.argv, __doc__, "betas", "0.3", lambda b: f"default + soft targets, beta {b}", lambda b: f"soft_{b}", soft_targets)

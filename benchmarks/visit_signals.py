@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from neighbour_vote import option
+from levers import option
 
 from online_select.config import load_config
 from online_select.tasks import build_task
