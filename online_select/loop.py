@@ -24,10 +24,12 @@ import inspect
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -530,9 +532,14 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
                 f"online_select: step {step}: {selector.nonfinite_losses - nonfinite_before} NaN/inf losses left "
                 "non-finite gradients; the optimizer step is skipped"
             )
+            with warnings.catch_warnings():
+                # Skipping the very first step makes torch warn that the schedule's first value is lost: the
+                # schedule stays on the step count, as with AMP's skipped steps.
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+                scheduler.step()
         else:
             optimizer.step()
-        scheduler.step()
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
         observe_s = selected.timings.get("observe_s", 0.0)

@@ -138,6 +138,12 @@ def _metric_label(runs: list[RunData]) -> str:
     return " / ".join(sorted(metrics))
 
 
+def _legend(ax: Any, **options: Any) -> None:
+    """A legend, when the axes drew a labelled line (a run may not log what a panel shows)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
+
+
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
@@ -239,7 +245,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     if accuracies and label == "accuracy %":
         for ax in axes:
             ax.set_ylim(max(min(accuracies), max(accuracies) - 20) - 0.5, max(accuracies) + 0.5)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0], fontsize=8)
     fig.tight_layout()
     figures["accuracy"] = (f"Each run's eval {label} against steps and against training seconds.", _png(fig))
 
@@ -253,7 +259,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     axes[1].set_ylim(0, 1.02)
     drawn = _plot_lines(axes[2], runs, "audit/spearman_score", marker=".")
     _finish(axes[2], "audit: Spearman(selector score, oracle score)\non the audit sample", "steps", "", drawn)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0], fontsize=8)
     fig.tight_layout()
     figures["selection_quality"] = ("Selection quality: does the selector rank candidates like the oracle?", _png(fig))
 
@@ -272,7 +278,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     drawn = _plot_lines(axes[1], scaled_noise, "audit/oracle_noisy_share%", marker=".")
     _plot_lines(axes[1], scaled_noise, "selection/base_noisy_share%", labelled=False, ls=":", alpha=0.7)
     _finish(axes[1], "mislabelled share of the oracle's own top-k\n(the oracle's drift toward noise)", "steps", "%", drawn)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0], fontsize=8)
     fig.tight_layout()
     figures["noise"] = ("Noisy-label share of what is selected (needs noise flags in the data).", _png(fig))
 
@@ -295,7 +301,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
                 ax.set_xlabel("score")
                 ax.grid(alpha=0.3)
             row[0].set_ylabel("share")
-            row[0].legend(fontsize=8)
+            _legend(row[0], fontsize=8)
         fig.tight_layout()
         figures["score_histograms"] = (
             "Scores of the selected (orange) and rejected (gray) candidates, early, midway and late in each run.",
@@ -311,7 +317,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     _finish(axes[1, 0], "coverage: share of candidates ever picked", "steps", "", drawn)
     drawn = _plot_lines(axes[1, 1], runs, "selection/label_tv", marker=".")
     _finish(axes[1, 1], "class mix: total variation, selected vs candidates", "steps", "", drawn)
-    axes[0, 0].legend(fontsize=8)
+    _legend(axes[0, 0], fontsize=8)
     fig.tight_layout()
     figures["selection_stats"] = ("Selection statistics over time.", _png(fig))
 
@@ -326,7 +332,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
             ax.bar([c + i * width for c in range(len(lift))], lift, width, label=run.name, color=f"C{runs.index(run) % 10}")
         ax.axhline(1.0, color="gray", lw=0.8)
         _finish(ax, "class lift in the last eval window: share among selected / share among candidates", "class")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
         fig.tight_layout()
         figures["class_mix"] = ("Which classes the selection favours (1 = as often as they arrive).", _png(fig))
 
@@ -344,7 +350,7 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
                     left += value
         ax.set_yticks(range(len(with_time)), [r.name for r in with_time], fontsize=8)
         _finish(ax, "time per step (ms): large model / scoring / scorer update / data / telemetry", "ms per step")
-        ax.legend(fontsize=8, ncols=len(parts), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+        _legend(ax, fontsize=8, ncols=len(parts), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
         fig.tight_layout()
         figures["time"] = ("Where a step's time goes.", _png(fig))
     return figures
