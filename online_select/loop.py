@@ -250,19 +250,34 @@ class _Tally:
 
 
 class _RunState:
-    """What the loop itself carries across a resume: the training clock and the tally since the last eval."""
+    """What the loop itself carries across a resume: the training clock and the tally since the last eval.
 
-    def __init__(self, clock: _Clock, tally: _Tally) -> None:
+    The tally is each process's own, and the main process writes this state for all: so before a checkpoint
+    :meth:`gather_tally` sums every process's tally into the one written, and on resume the main process takes
+    that sum and the others start from zero; the next eval's sum over processes is then the uninterrupted run's."""
+
+    def __init__(self, clock: _Clock, tally: _Tally, process_index: int = 0) -> None:
         self.clock = clock
         self.tally = tally
+        self.process_index = process_index
         self.skipped_updates = 0
+        self._summed_tally: torch.Tensor | None = None
+
+    def gather_tally(self, accelerator: Any) -> None:
+        """Sum every process's tally for the next checkpoint (every process calls this)."""
+        self._summed_tally = accelerator.reduce(self.tally._vector().to(accelerator.device), "sum").cpu()
 
     def state_dict(self) -> dict:
-        return {"wall_s": self.clock.offset, "tally": self.tally.state_dict(), "skipped_updates": self.skipped_updates}
+        tally = self.tally.state_dict() if self._summed_tally is None else {"vector": self._summed_tally}
+        return {"wall_s": self.clock.offset, "tally": tally, "tally_summed": self._summed_tally is not None,
+                "skipped_updates": self.skipped_updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.clock.offset = float(state["wall_s"])
-        self.tally.load_state_dict(state["tally"])
+        if state.get("tally_summed") and self.process_index != 0:
+            self.tally.reset()
+        else:  # the sum of all processes', or (checkpoints written before the sum) the main process's own
+            self.tally.load_state_dict(state["tally"])
         self.skipped_updates = int(state.get("skipped_updates", 0))  # absent in checkpoints written before it
 
 
@@ -398,7 +413,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     # The clock starts with the time spent building the reference and scorer (counted as training).
     clock = _Clock(offset=build_s)
     tally = _Tally(task.num_classes)
-    run_state = _RunState(clock, tally)
+    run_state = _RunState(clock, tally, accelerator.process_index)
     shared_state = {"selector": selector, "loader": loader, "run": run_state}
     if telemetry is not None:
         shared_state["telemetry"] = telemetry
@@ -487,6 +502,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     def checkpoint(step: int) -> None:
         clock.pause()
         selector.check_synchronized()
+        run_state.gather_tally(accelerator)
         meta = {"distributed": sel_cfg.distributed, "policy": sel_cfg.policy}
         save_accelerator_checkpoint(accelerator, ckpt_root, step, config.train.keep_checkpoints, meta)
         clock.resume()

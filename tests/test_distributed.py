@@ -6,6 +6,7 @@ The 2-process tests use ``tests.launch.launch_cpu_processes`` (a fixed rendezvou
 
 import faulthandler
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -476,6 +477,15 @@ def _loop_worker(folder, out):
             _loop_args(folder, resumed, "train.max_steps=8", "train.resume=auto", "selection.distributed=global"),
         )
     )
+    # Resumed from a checkpoint between two evals (step 6 of 8): the eval at step 8 sums the two processes'
+    # counts since step 4, half of them from before the checkpoint.
+    between = f"{out}/local-resumed-between-evals"
+    args = _loop_args(folder, between, "train.max_steps=8", "train.checkpoint_every=2", "selection.distributed=local")
+    train(load_config(RECIPE, args))
+    if dist.get_rank() == 0:
+        shutil.rmtree(f"{between}/checkpoints/step-00000008")
+    dist.barrier()
+    train(load_config(RECIPE, args + ["train.resume=auto"]))
     faulthandler.cancel_dump_traceback_later()
 
 
@@ -515,6 +525,11 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
         for run in (whole, resumed)
     ]
     assert clock_free[0] == clock_free[1]
+    between = [json.loads(line) for line in (tmp_path / "local-resumed-between-evals" / "metrics.jsonl").read_text().splitlines()]
+    local = [json.loads(line) for line in (tmp_path / "local-whole" / "metrics.jsonl").read_text().splitlines()]
+    counts = ("selection/noisy_share", "selection/base_noisy_share", "selection/class_share_max", "selection/class_share_min")
+    assert [line["step"] for line in between] == [0, 4, 8]
+    assert [{k: line.get(k) for k in counts} for line in between] == [{k: line.get(k) for k in counts} for line in local]
 
 
 # ---------------------------------------------------------------- the command line under real launchers
