@@ -87,6 +87,16 @@ def read_metrics(path: str | Path, metric: str = METRIC) -> list[dict[str, Any]]
     return sorted((line for line in lines if metric in line), key=lambda line: line["step"])
 
 
+def _eval_curve(path: Path, metric: str) -> list[dict[str, Any]]:
+    """:func:`read_metrics`; a run whose evals never log ``metric`` (a typo in ``--metric``) is a ValueError that
+    names the eval metrics they do log."""
+    curve = read_metrics(path, metric)
+    if not curve:
+        logged = sorted({key for line in read_metrics(path, "step") for key in line if key.startswith("eval/")})
+        raise ValueError(f"{path} has no eval line with the metric {metric!r}; its evals log {', '.join(logged) or 'nothing'}")
+    return curve
+
+
 def smooth_curve(curve: list[dict[str, Any]], window: int, metric: str = METRIC) -> list[dict[str, Any]]:
     """Replace ``metric`` by its trailing rolling mean over ``window`` evals (the first eval, at
     step 0, is left out of the windows of later evals)."""
@@ -430,7 +440,7 @@ def _run_one(
             print(f"bench: reusing the finished run in {out}", flush=True)
     else:
         train(cfg)
-    return summarise_run(policy, seed, read_metrics(out / "metrics.jsonl", comparison.metric), comparison)
+    return summarise_run(policy, seed, _eval_curve(out / "metrics.jsonl", comparison.metric), comparison)
 
 
 def comparison_for(config: Config, metric: str | None, mode: str | None, smooth: int) -> Comparison:

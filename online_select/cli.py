@@ -4,8 +4,12 @@ runs as an HTML page, create a W&B ``dashboard``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+import yaml
+
+from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -33,8 +37,12 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import parse_budgets, parse_learning_rates, run_bench
 
+    from .policies import get_policy
+
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:
+        for policy in policies:  # before any run trains: a typo must not cost the runs before it
+            get_policy(policy)
         budgets = parse_budgets(args.budget, policies)
         learning_rates = parse_learning_rates(args.lr, policies)
     except ValueError as exc:
@@ -166,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"online-select: config error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, CheckpointError, yaml.YAMLError) as exc:
+        # Bad input (an unknown policy, a data folder without its files, an unreadable checkpoint, broken YAML)
+        # as one line; ONLINE_SELECT_TRACEBACK=1 shows where it was raised.
+        if os.environ.get("ONLINE_SELECT_TRACEBACK"):
+            raise
+        print(f"online-select: error: {type(exc).__name__}: {exc} (ONLINE_SELECT_TRACEBACK=1 shows the traceback)",
+              file=sys.stderr)
         return 2
     finally:
         from .distributed import end_process_group

@@ -82,11 +82,28 @@ def test_unknown_override_key_fails_with_its_name(capsys):
     assert "unknown config key 'selection.polcy'" in capsys.readouterr().err
 
 
-def test_missing_data_folder_is_a_clear_error(tmp_path):
-    from online_select.data import DataError
+def test_bad_input_is_one_clear_line(tiny_idx_folder, tmp_path, capsys, monkeypatch):
+    assert main(["train", str(RECIPE), *_small(tmp_path, tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "DataError" in err and "lacks the IDX files" in err
+    assert main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "selection.policy=predicted_learnabilty"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown policy 'predicted_learnabilty'" in err and "Traceback" not in err
+    monkeypatch.setenv("ONLINE_SELECT_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown policy"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "selection.policy=predicted_learnabilty"])
 
-    with pytest.raises(DataError, match="lacks the IDX files"):
-        main(["train", str(RECIPE), *_small(tmp_path, tmp_path / "out")])
+
+def test_bench_names_a_policy_typo_before_anything_trains(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", str(RECIPE), "--policies", "uniform,predicted_learnabilty", "--out", str(out)]) == 2
+    assert "unknown policy 'predicted_learnabilty'" in capsys.readouterr().err and not out.exists()
+
+
+def test_bench_names_a_metric_no_eval_logs(tiny_idx_folder, tmp_path, capsys):
+    args = ["bench", str(RECIPE), "--policies", "uniform", "--metric", "eval/acc", "--out", str(tmp_path / "bench")]
+    assert main(args + _small(tiny_idx_folder, tmp_path / "runs", "train.max_steps=4", "train.eval_every=2")) == 2
+    assert "no eval line with the metric 'eval/acc'; its evals log eval/accuracy, eval/loss" in capsys.readouterr().err
 
 
 def test_bench_writes_table_and_plot(tiny_idx_folder, tmp_path):
