@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from online_select.checkpoint import CheckpointError
-
 from .conftest import DETERMINISTIC, RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,8 +141,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_in_use(tiny_idx_fol
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000014", "step-00000021"]
 
 
-def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_path):
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_path, capsys):
     from online_select.cli import main
+
+    def fails(message, argv):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "CheckpointError" in err and "Traceback" not in err, err
 
     out = tmp_path / "run"
     assert main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.max_steps=7")]) == 0
@@ -154,18 +158,15 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_idx_folder, tmp_p
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="not an online_select checkpoint"):
-        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={foreign}")])
+    fails("not an online_select checkpoint", ["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={foreign}")])
 
     model = checkpoint / "model.safetensors"
     model.write_bytes(b"\xff" * meta["files"]["model.safetensors"])  # same size, garbage content
-    with pytest.raises(CheckpointError, match=r"step-00000007 could not be loaded: .*"):
-        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.resume=auto")])
+    fails(r"step-00000007 could not be loaded: .*", ["train", str(RECIPE), *_args(tiny_idx_folder, out, "train.resume=auto")])
 
     meta["world_size"] = 2
     (checkpoint / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="written by 2 processes but this run has 1"):
-        main(["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={checkpoint}")])
+    fails("written by 2 processes but this run has 1", ["train", str(RECIPE), *_args(tiny_idx_folder, out, f"train.resume={checkpoint}")])
 
 
 def test_plans_resume_exactly_from_a_checkpoint_between_them(tiny_idx_folder, tmp_path):
