@@ -306,4 +306,27 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping at the top level")
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+    config = config_from_dict(data)
+    _check_choices(config)
+    return config
+
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def _check_choices(config: Config) -> None:
+    """Settings with a fixed set of values, checked when the recipe loads rather than when training reaches them."""
+    from .policies import POLICIES
+    from .rules import RULES
+    from .scorer import OBJECTIVES
+
+    choices = {
+        "selection.policy": (config.selection.policy, tuple(POLICIES)),
+        "selection.rule": (config.selection.rule, RULES),
+        "selection.distributed": (config.selection.distributed, ("local", "global")),
+        "scorer.objective": (config.scorer.objective, OBJECTIVES),
+        "train.schedule": (config.train.schedule, SCHEDULES),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")

@@ -46,7 +46,7 @@ from .checkpoint import (
     register_state,
     save_accelerator_checkpoint,
 )
-from .config import Config, config_to_dict
+from .config import SCHEDULES, Config, config_to_dict
 from .distributed import ProcessGroup
 from .losses import finite_gradients
 from .reference import ReferenceTable
@@ -61,8 +61,8 @@ __all__ = ["train", "build_selector", "lr_lambda", "resolve_keep_count"]
 
 def lr_lambda(schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
     """Multiplier of the base LR at each optimizer step (one step per candidate batch)."""
-    if schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"unknown train.schedule {schedule!r}; expected constant, cosine or linear")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown train.schedule {schedule!r}; expected {', '.join(SCHEDULES)}")
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:

@@ -96,12 +96,12 @@ def test_bad_input_is_one_clear_line(tiny_idx_folder, tmp_path, capsys, monkeypa
     assert main(["train", str(RECIPE), *_small(tmp_path, tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "DataError" in err and "lacks the IDX files" in err
-    assert main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "selection.policy=predicted_learnabilty"]) == 2
+    assert main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "reference.model=resnet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown policy 'predicted_learnabilty'" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "expected mlp or small_cnn" in err and "Traceback" not in err
     monkeypatch.setenv("ONLINE_SELECT_TRACEBACK", "1")
-    with pytest.raises(ValueError, match="unknown policy"):
-        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "selection.policy=predicted_learnabilty"])
+    with pytest.raises(ValueError, match="expected mlp or small_cnn"):
+        main(["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "out"), "reference.model=resnet"])
 
 
 def test_bench_names_a_policy_typo_before_anything_trains(tmp_path, capsys):

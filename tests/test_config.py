@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from online_select.config import ConfigError, load_config
@@ -63,3 +65,15 @@ def test_an_empty_section_takes_overrides_and_the_default_task_exists(tmp_path):
     path.write_text("data: 5\n")
     with pytest.raises(ConfigError, match="'data' is a section, but the recipe gives it the value 5"):
         load_config(path, ["data.label_noise=0.1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.policy=predicted_learnabilty", "selection.policy='predicted_learnabilty' is not one of uniform,"),
+    ("selection.rule=topk", "selection.rule='topk' is not one of top_k, sample"),
+    ("selection.distributed=globl", "selection.distributed='globl' is not one of local, global"),
+    ("scorer.objective=rankmse", "scorer.objective='rankmse' is not one of mse, huber, rank_mse"),
+    ("train.schedule=cosin", "train.schedule='cosin' is not one of constant, cosine, linear"),
+])
+def test_a_setting_with_fixed_choices_is_checked_when_the_recipe_loads(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
