@@ -36,7 +36,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import parse_budgets, parse_learning_rates, run_bench
-
     from .policies import get_policy
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -316,6 +316,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 def _check_choices(config: Config) -> None:
     """Settings with a fixed set of values, checked when the recipe loads rather than when training reaches them."""
+    from .distributed import MODES
     from .policies import POLICIES
     from .rules import RULES
     from .scorer import OBJECTIVES
@@ -323,7 +324,7 @@ def _check_choices(config: Config) -> None:
     choices = {
         "selection.policy": (config.selection.policy, tuple(POLICIES)),
         "selection.rule": (config.selection.rule, RULES),
-        "selection.distributed": (config.selection.distributed, ("local", "global")),
+        "selection.distributed": (config.selection.distributed, MODES),
         "scorer.objective": (config.scorer.objective, OBJECTIVES),
         "train.schedule": (config.train.schedule, SCHEDULES),
     }

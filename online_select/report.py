@@ -241,8 +241,8 @@ def report_figures(runs: list[RunData]) -> dict[str, tuple[str, bytes]]:
     _finish(axes[0], f"eval {label} vs large-model steps", "steps", label, drawn)
     drawn = _plot_lines(axes[1], scaled, PLOTTED, x_key="wall_s", marker=".")
     _finish(axes[1], f"eval {label} vs training seconds (selection included)", "seconds", label, drawn)
-    accuracies = [e[PLOTTED] for r in scaled if r.metric[0] == ACCURACY for e in r.evals[1:] if PLOTTED in e]
-    if accuracies and label == "accuracy %":
+    accuracies = [e[PLOTTED] for r in scaled for e in r.evals[1:] if PLOTTED in e] if label == "accuracy %" else []
+    if accuracies:
         for ax in axes:
             ax.set_ylim(max(min(accuracies), max(accuracies) - 20) - 0.5, max(accuracies) + 0.5)
     _legend(axes[0], fontsize=8)
