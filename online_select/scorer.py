@@ -60,6 +60,13 @@ class RunningNorm(nn.Module):
         return (x - self.mean) / self.var.sqrt()
 
 
+def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam; fused when every parameter is a float32 tensor on the CPU or a GPU: the same updates from one kernel
+    per step instead of a dozen small ops per parameter (a measurable share of a selection step on a CPU)."""
+    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def default_head(in_features: int, hidden: int = 32) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
@@ -73,7 +80,7 @@ class Scorer:
         model_input: picks the small model's input from a batch (default: field 0 or ``"input"``).
         head: maps the feature vector to one predicted loss; default a 32-unit MLP, built lazily
             once the feature width is known.
-        optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr).
+        optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr), fused where it can be.
         objective: ``"rank_mse"`` (default: a pairwise ranking loss plus MSE so predictions stay on the
             loss scale; it ranked best in ``benchmarks/scorer_study.py``), ``"mse"`` or ``"huber"``.
         use_memory: include the loss-memory features (needs sample ids).
@@ -102,7 +109,7 @@ class Scorer:
         self.model = model
         self.model_input = model_input or _default_input
         self.head = head
-        self.make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self.make_optimizer = optimizer or (lambda params: default_optimizer(params, lr))
         self.objective = objective
         self.use_memory = use_memory
         self.age_scale = float(age_scale)

@@ -174,6 +174,23 @@ def test_last_scorer_loss_survives_a_state_dict_round_trip():
     assert not math.isnan(a.last_loss) and b.last_loss == a.last_loss
 
 
+def test_default_optimizer_is_fused_adam_with_plain_adams_updates():
+    def trained(optimizer):
+        torch.manual_seed(0)
+        scorer = Scorer(objective="rank_mse", use_memory=False, optimizer=optimizer)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            x, loss = _features(32, g)
+            scorer.update(x, loss, None, 0)
+        return scorer
+
+    fused = trained(None)
+    plain = trained(lambda params: torch.optim.Adam(params, lr=3e-3))
+    assert fused.optimizer.param_groups[0]["fused"] and not plain.optimizer.param_groups[0]["fused"]
+    for a, b in zip(fused.head.parameters(), plain.head.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_update_every_must_be_positive():
     with pytest.raises(ValueError, match="update_every"):
         Scorer(update_every=0)
