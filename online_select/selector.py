@@ -877,8 +877,7 @@ class OnlineSelector:
             self.proxy.update(view.batch if keep is None else take(view.batch, keep))
         rejected_ids = None
         if self.reject_after and kept and view.ids is not None:
-            unlearned = self.reject_unlearned(kept_rows(view.ids), self.reject_after)
-            rejected_ids = unlearned.ids[unlearned.rejected]
+            rejected_ids = self._reject_recorded(kept_rows(view.ids))
             self.unlearned_rejected += rejected_ids.numel()
         timed.timings["observe_s"] = time.perf_counter() - start
         self._record(view, finite, timed.timings["observe_s"], steps)
@@ -958,10 +957,32 @@ class OnlineSelector:
         ids = check_ids(ids, ids.numel())
         last_loss, _, count = self._refresh_memory().lookup(ids)
         unlearned = (count >= min_visits) & ~plausible_labels(last_loss.nan_to_num(0.0), self.label_floor)
-        if not bool(unlearned.any()):  # most steps: nothing to look up in the table
+        return self._reject(table, ids[unlearned], last_loss[unlearned])
+
+    def _reject_recorded(self, ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`reject_unlearned` with ``min_visits=reject_after`` over ids the loss memory has just recorded
+        (checked, each with a finite loss), which ``observe`` hands it at every step; returns the rejected ids.
+
+        The same outcome for fewer small ops: a recorded loss is finite and is the last one, so the counts are
+        looked up only for the ids whose label the large model still finds unlikely (few, on most steps none)."""
+        table = self._reference_table("reject_unlearned")
+        memory = self._refresh_memory()
+        last_loss = memory.last_loss.index_select(0, ids)
+        unlikely = (~plausible_labels(last_loss, self.label_floor)).nonzero()[:, 0]
+        if unlikely.numel():
+            ids, last_loss = ids.index_select(0, unlikely), last_loss.index_select(0, unlikely)
+            unlearned = (memory.count.index_select(0, ids) >= self.reject_after).nonzero()[:, 0]
+            ids, last_loss = ids.index_select(0, unlearned), last_loss.index_select(0, unlearned)
+        else:
+            ids = ids[:0]
+        unlearned = self._reject(table, ids, last_loss)
+        return unlearned.ids[unlearned.rejected]
+
+    def _reject(self, table: ReferenceTable, ids: torch.Tensor, last_loss: torch.Tensor) -> ReferenceRefresh:
+        """Make ineligible those of the unlearned ``ids`` the reference still finds plausible."""
+        if not ids.numel():  # most steps: nothing to look up in the table
             nothing = torch.zeros(0, dtype=torch.bool)
-            return ReferenceRefresh(ids[:0], admitted=nothing, rejected=nothing)
-        ids, last_loss = ids[unlearned], last_loss[unlearned]
+            return ReferenceRefresh(ids, admitted=nothing, rejected=nothing)
         rejected = plausible_labels(table.losses(None, ids), self.label_floor)
         if bool(rejected.any()):
             table.replace_losses(ids[rejected], last_loss[rejected])

@@ -289,6 +289,25 @@ def test_reject_unlearned_makes_repeatedly_unfit_labels_ineligible():
         selector.reject_unlearned(ids, min_visits=0)
 
 
+def test_online_rejection_matches_reject_unlearned_on_just_recorded_ids():
+    g = torch.Generator().manual_seed(0)
+    selector = _selector(reject_after=2)
+    table = selector.reference.table
+    table[:] = torch.rand(1000, generator=g) * 2  # some labels implausible to the reference already
+    memory = selector.scorer.memory
+    for step in range(3):
+        ids = torch.randint(0, 40, (30,), generator=g)  # repeated ids within and across steps
+        memory.update(ids, torch.rand(30, generator=g) * 4, step=step)
+    twin = copy.deepcopy(selector)
+    ids = torch.randint(0, 40, (30,), generator=g)
+    for s in (selector, twin):
+        s.scorer.memory.update(ids, torch.rand(30, generator=torch.Generator().manual_seed(1)) * 4, step=3)
+    expected = twin.reject_unlearned(ids, min_visits=2)
+    rejected = selector._reject_recorded(ids)
+    assert expected.rejected.any() and rejected.tolist() == expected.ids[expected.rejected].tolist()
+    assert torch.equal(selector.reference.table, twin.reference.table)
+
+
 def test_reject_after_rejects_online_as_losses_are_observed():
     table = ReferenceTable(torch.full((100,), 0.1))
     selector = OnlineSelector("predicted_learnability", keep=2, scorer=Scorer(), reference=table, label_floor=1 / 3,
