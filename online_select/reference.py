@@ -84,10 +84,16 @@ class ReferenceTable(Reference):
         self._set(losses, features)
 
     def _set(self, losses: torch.Tensor, features: torch.Tensor | None) -> None:
-        self.table = losses
-        self.extra = features
+        # One row per id, the loss first: a candidate batch's scorer features are one gather, not one per column
+        # and a join. ``table`` and ``extra`` are views of it, so writing either writes the rows.
+        self._rows = losses[:, None] if features is None else torch.cat([losses[:, None], features], dim=1)
+        self._views()
         self.covered = torch.isfinite(losses)
         self._covers_all = bool(self.covered.all())
+
+    def _views(self) -> None:
+        self.table = self._rows[:, 0]
+        self.extra = self._rows[:, 1:] if self._rows.shape[1] > 1 else None
 
     def __len__(self) -> int:
         return int(self.covered.sum())
@@ -115,11 +121,7 @@ class ReferenceTable(Reference):
 
     def features(self, batch: Any, ids: torch.Tensor | None) -> torch.Tensor:
         n = ids.numel() if ids is not None else 0
-        ids = self._check(ids, n)
-        losses = self.table.index_select(0, ids)[:, None]
-        if self.extra is None:
-            return losses
-        return torch.cat([losses, self.extra.index_select(0, ids)], dim=1)
+        return self._rows.index_select(0, self._check(ids, n))
 
     def replace_losses(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
         """Overwrite the reference losses of ``ids`` (covered ids only; features are kept)."""
@@ -127,14 +129,15 @@ class ReferenceTable(Reference):
         losses = torch.as_tensor(losses, dtype=torch.float32).flatten()
         if losses.numel() != ids.numel() or not bool(torch.isfinite(losses).all()):
             raise ValueError(f"expected {ids.numel()} finite losses to replace, got {losses.numel()} (or NaN/inf)")
-        if self.table.is_inference():  # tables built under torch.inference_mode cannot be updated in place
-            self.table = self.table.clone()
+        if self._rows.is_inference():  # tables built under torch.inference_mode cannot be updated in place
+            self._rows = self._rows.clone()
+            self._views()
         self.table[ids] = losses
 
     def state_dict(self) -> dict:
-        state = {"losses": self.table.clone()}
+        state = {"losses": self.table.clone(memory_format=torch.contiguous_format)}
         if self.extra is not None:
-            state["features"] = self.extra.clone()
+            state["features"] = self.extra.clone(memory_format=torch.contiguous_format)
         return state
 
     def load_state_dict(self, state: dict) -> None:

@@ -185,6 +185,20 @@ def test_reference_table_coverage_error_names_ids():
         selector.select(_batch())
 
 
+def test_reference_table_features_are_its_rows_and_follow_replaced_losses(tmp_path):
+    losses, extra = torch.tensor([0.5, 1.0, 2.0, 3.0]), torch.arange(8.0).reshape(4, 2)
+    with torch.inference_mode():  # as references are built; replacing losses must still work
+        table = ReferenceTable(losses.clone(), extra.clone())
+    ids = torch.tensor([3, 1, 3])
+    assert torch.equal(table.features(None, ids), torch.cat([losses[:, None], extra], 1)[ids])
+    table.replace_losses(torch.tensor([1]), torch.tensor([4.0]))
+    loss, features = table.losses_and_features(None, ids)
+    assert loss.tolist() == [3.0, 4.0, 3.0] and features[:, 1:].tolist() == extra[ids].tolist()
+    table.save(tmp_path / "t.safetensors")
+    again = ReferenceTable.load(tmp_path / "t.safetensors")
+    assert torch.equal(again.features(None, ids), features) and again.extra.shape == (4, 2)
+
+
 def test_reducible_loss_runs_the_large_model_only_when_declared():
     model = torch.nn.Linear(5, 3)
     calls = []
