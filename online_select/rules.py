@@ -124,13 +124,12 @@ def select(
     n_explore = min(k, round(explore * k))
     order = torch.randperm(batch_size, generator=generator)
     # Eligible candidates first (in random order), then the others: exploration draws from the front.
-    in_order = eligible.index_select(0, order)
-    order = torch.cat([order[in_order], order[~in_order]])
+    order = order.index_select(0, torch.argsort(~eligible.index_select(0, order), stable=True))
     num_eligible = int(eligible.sum())
     explored_idx = order[:n_explore]
     pool = order[n_explore:num_eligible] if n_explore < num_eligible else order[:0]
     n_rule = k - n_explore
-    weights_rest = torch.ones(n_rule)
+    weights_rest = None
     if n_rule == 0:
         picked = pool[:0]
     elif pool.numel() < n_rule:
@@ -143,13 +142,13 @@ def select(
         pool = pool.sort().values
         picked = pool.index_select(0, torch.topk(scores.index_select(0, pool), n_rule, sorted=True).indices)
     else:
-        picked, weights_rest = _priority_sample(scores.index_select(0, pool) / temperature, n_rule, generator)
+        picked, weights_rest = _priority_sample(scores.index_select(0, pool) / temperature, n_rule, generator, importance_weights)
         picked = pool.index_select(0, picked)
     indices = torch.cat([picked, explored_idx])
-    explored = torch.cat([torch.zeros(n_rule, dtype=torch.bool), torch.ones(n_explore, dtype=torch.bool)])
+    explored = torch.arange(k) >= n_rule
     if importance_weights:
         # Each explored pick stands for itself; each sampled pick for max(1, tau / w_i) candidates.
-        units = torch.cat([weights_rest, torch.ones(n_explore)])
+        units = torch.cat([torch.ones(n_rule) if weights_rest is None else weights_rest, torch.ones(n_explore)])
         weights = units * (k / max(num_eligible, k))
     else:
         weights = torch.ones(k)
@@ -157,9 +156,10 @@ def select(
 
 
 def _priority_sample(
-    log_intensity: torch.Tensor, k: int, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Priority sampling: keep the k largest ``w_i / u_i``; estimate weights ``max(1, tau / w_i)``.
+    log_intensity: torch.Tensor, k: int, generator: torch.Generator | None, weights: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Priority sampling: keep the k largest ``w_i / u_i``; estimate weights ``max(1, tau / w_i)`` (None
+    unless ``weights``).
 
     Works in log space so large scores cannot overflow.
     """
@@ -168,9 +168,11 @@ def _priority_sample(
     u = torch.rand(n, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
     log_priority = log_w - torch.log(u)
     if k >= n:
-        return torch.arange(n), torch.ones(n)
+        return torch.arange(n), torch.ones(n) if weights else None
     top = torch.topk(log_priority, k + 1, sorted=True)
     picked = top.indices[:k]
+    if not weights:
+        return picked, None
     log_tau = top.values[k]
     units = torch.exp((log_tau - log_w.index_select(0, picked)).clamp_min(0.0))
     return picked, units
