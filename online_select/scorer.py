@@ -151,18 +151,13 @@ class Scorer:
                 raise ValueError("the scorer's loss memory needs sample ids: pass ids= or set use_memory=False")
             last_loss, last_step, count = self.memory.lookup(ids)
             seen = count > 0
-            age = torch.where(seen, (step - last_step).clamp_min(0).float(), torch.zeros_like(last_loss))
-            parts.append(
-                torch.stack(
-                    [
-                        torch.where(seen, last_loss, torch.zeros_like(last_loss)),
-                        seen.float(),
-                        torch.log1p(age / self.age_scale * 10.0),
-                        torch.log1p(count.float()),
-                    ],
-                    dim=1,
-                )
-            )
+            age = torch.where(seen, (step - last_step).clamp_min(0).float(), 0.0)
+            parts += [
+                torch.where(seen, last_loss, 0.0)[:, None],
+                seen.float()[:, None],
+                torch.log1p(age / self.age_scale * 10.0)[:, None],
+                torch.log1p(count.float())[:, None],
+            ]
         if reference_features is not None:
             parts.append(reference_features.float().cpu())
         if not parts and self.model is None:
