@@ -332,8 +332,13 @@ def test_skipped_nonfinite_losses_never_write_nan_into_the_model(tmp_path):
         return torch.where(rows, torch.full_like(output, float("nan")), output)
 
     model.bert.embeddings.register_forward_hook(nan_rows, with_kwargs=True)
-    trainer = SelectiveTrainer(model=model, args=args(tmp_path), train_dataset=cls_dataset(), keep=0.5,
-                               selection_options={"on_nonfinite": "skip"})
+    trainer = SelectiveTrainer(model=model, args=args(tmp_path, save_strategy="steps", save_steps=6), train_dataset=cls_dataset(),
+                               keep=0.5, selection_options={"on_nonfinite": "skip"})
     trainer.train()
     assert bool(torch.isfinite(params(model)).all())
     assert trainer.selector.nonfinite_losses > 0 and trainer.skipped_updates > 0
+    # The count is part of the checkpoint, so a resumed run's logs carry on from it.
+    resumed = SelectiveTrainer(model=bert(), args=args(tmp_path / "x"), train_dataset=cls_dataset(), keep=0.5,
+                               selection_options={"on_nonfinite": "skip"})
+    assert resumed.load_selector_state(str(tmp_path / "checkpoint-6"))
+    assert resumed.skipped_updates == trainer.skipped_updates and resumed.selector.step == trainer.selector.step

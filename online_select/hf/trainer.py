@@ -36,6 +36,7 @@ __all__ = ["SelectiveTrainer", "SELECTOR_STATE_NAME"]
 logger = logging.getLogger(__name__)
 
 SELECTOR_STATE_NAME = "selector_state.pt"
+SKIPPED_UPDATES_KEY = "trainer/skipped_updates"
 
 
 class SelectiveTrainer(Trainer):
@@ -441,8 +442,10 @@ class SelectiveTrainer(Trainer):
             os.makedirs(folder, exist_ok=True)
             path = self._selector_state_file(folder)
             tmp = f"{path}.tmp-{os.getpid()}"
+            state = self.selector.state_dict()
+            state[SKIPPED_UPDATES_KEY] = self.skipped_updates  # the selector's load leaves keys it does not know alone
             try:
-                write_loadable(self.selector.state_dict(), tmp)
+                write_loadable(state, tmp)
             except Exception:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(tmp)
@@ -457,7 +460,9 @@ class SelectiveTrainer(Trainer):
         path = self._selector_state_file(checkpoint)
         if not os.path.isfile(path):
             return False
-        self.selector.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.skipped_updates = int(state.pop(SKIPPED_UPDATES_KEY, 0))  # absent in checkpoints written before it
+        self.selector.load_state_dict(state)
         return True
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
