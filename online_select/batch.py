@@ -30,6 +30,37 @@ def _is_field_container(value: Sequence) -> bool:
     return any(isinstance(v, (torch.Tensor, np.ndarray, Mapping, tuple)) for v in value)
 
 
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim == 0
+    return isinstance(value, (int, float, bool, np.generic))
+
+
+def _uncollated(batch: Sequence) -> str | None:
+    """What ``batch`` holds if it is a list of samples rather than of fields: two or more mappings with the
+    same keys, or tuples of one length, with scalars that differ (labels, ids) at the same key or position. A
+    batch of fields never has that: its labels and ids are per-sample tensors or lists, and a batch-level scalar
+    repeated in each group of fields is the same in all of them."""
+    first = batch[0]
+    if len(batch) < 2:
+        return None
+    if isinstance(first, Mapping):
+        if not all(isinstance(sample, Mapping) and sample.keys() == first.keys() for sample in batch):
+            return None
+        key = next((key for key in first if _differing_scalars([sample[key] for sample in batch])), None)
+        return None if key is None else f"each a mapping with a scalar {key!r}"
+    if isinstance(first, tuple):
+        if not all(isinstance(sample, tuple) and len(sample) == len(first) for sample in batch):
+            return None
+        position = next((i for i in range(len(first)) if _differing_scalars([sample[i] for sample in batch])), None)
+        return None if position is None else f"each a tuple with a scalar at position {position}"
+    return None
+
+
+def _differing_scalars(values: list) -> bool:
+    return all(_is_scalar(value) for value in values) and len({float(value) for value in values}) > 1
+
+
 def per_sample_fields(batch: Any, path: str = "batch") -> list[tuple[str, int]]:
     """Return ``(path, length)`` for every per-sample field in ``batch``."""
     if isinstance(batch, (torch.Tensor, np.ndarray)):
@@ -47,6 +78,12 @@ def per_sample_fields(batch: Any, path: str = "batch") -> list[tuple[str, int]]:
         return fields
     if isinstance(batch, (tuple, list)):
         if _is_field_container(batch):
+            samples = _uncollated(batch)
+            if samples:
+                raise BatchError(
+                    f"{path} is a {type(batch).__name__} of {len(batch)} samples ({samples}), not a batch of fields: "
+                    "collate them into one batch first (torch.utils.data.default_collate, or a DataLoader)"
+                )
             fields = []
             for i, value in enumerate(batch):
                 fields.extend(per_sample_fields(value, f"{path}[{i}]"))

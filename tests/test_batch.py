@@ -65,6 +65,18 @@ def test_empty_batch_is_an_error():
         batch_size({"n": 3})
 
 
+def test_a_list_of_uncollated_samples_is_an_error_not_a_batch_of_their_fields():
+    # Read as fields, 8 samples with 5-value inputs would be a "batch" of 5, sliced inside each sample.
+    dicts = [{"input": torch.randn(5), "label": torch.tensor(i % 3), "id": i} for i in range(8)]
+    with pytest.raises(BatchError, match=r"list of 8 samples \(each a mapping with a scalar 'label'\).*default_collate"):
+        batch_size(dicts)
+    with pytest.raises(BatchError, match=r"list of 8 samples \(each a tuple with a scalar at position 1\)"):
+        batch_size([(np.zeros(5), i) for i in range(8)])
+    # Groups of fields are not samples: batched tensors, and a batch-level scalar the same in each group.
+    pair = ({"a": torch.zeros(8, 3), "n": 2}, {"a": torch.ones(8, 3), "n": 2})
+    assert batch_size(pair) == 8 and batch_size([torch.zeros(8, 2), torch.arange(8)]) == 8
+
+
 def test_unsliceable_type_is_an_error():
     with pytest.raises(BatchError, match="expected a tensor"):
         batch_size({"x": object()})
