@@ -4,18 +4,9 @@
 # selection.plan_steps=4) and 8000 at its own train.lr=0.002, and the default behind a perfect label filter over
 # 8000, 3 seeds, one run at a time (about 55 minutes on 2 CPU cores with a 20 ms step). Usage:
 # bash benchmarks/long_bounds.sh [OUT]; SEEDS=1 for a quick look. The table is written to OUT.md.
-set -euo pipefail
 out="${1:-runs/long_bounds}"
-seeds="${SEEDS:-3}"
-recipe=recipes/fashion_mnist_noisy.yaml
-common=(train.checkpoint_every=0 logging.trackers=[] train.threads=2 train.progress=false)
-export WANDB_MODE=offline
+source "$(dirname "$0")/run_lib.sh"
 python3 benchmarks/oracle_table.py "$recipe" "$out/oracle_table.safetensors"
-run() {  # NAME SEED OVERRIDES...
-  local name=$1 seed=$2
-  shift 2
-  online-select train --reuse "$recipe" seed="$seed" output_dir="$out/$name/seed$seed" "$@" "${common[@]}"
-}
 for seed in $(seq 0 $((seeds - 1))); do
   run uniform_8000 "$seed" selection.policy=uniform train.max_steps=8000 train.eval_every=500
   # No refresh and no rejection behind the perfect filter: both would put the large model's verdicts in place of the truth.

@@ -4,17 +4,8 @@
 # learning step for 2 steps' candidates, scores up to 1 step stale), 3 seeds, the three interleaved seed by seed,
 # one run at a time (about 18 minutes on 2 CPU cores with a 17-20 ms step). Usage:
 # bash benchmarks/plan2_clock.sh [OUT]; SEEDS=1 for a quick look. The table is written to OUT.md.
-set -euo pipefail
 out="${1:-runs/plan2_clock}"
-seeds="${SEEDS:-3}"
-recipe=recipes/fashion_mnist_noisy.yaml
-common=(train.checkpoint_every=0 logging.trackers=[] train.threads=2 train.progress=false)
-export WANDB_MODE=offline
-run() {  # NAME SEED OVERRIDES...
-  local name=$1 seed=$2
-  shift 2
-  online-select train --reuse "$recipe" seed="$seed" output_dir="$out/$name/seed$seed" "$@" "${common[@]}"
-}
+source "$(dirname "$0")/run_lib.sh"
 for seed in $(seq 0 $((seeds - 1))); do
   run uniform_8000 "$seed" selection.policy=uniform train.max_steps=8000 train.eval_every=500
   run predicted_learnability_4000_lr0.002 "$seed" train.max_steps=4000 train.lr=0.002 train.eval_every=250
