@@ -20,9 +20,9 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..batch import batch_size, map_fields
+from ..batch import batch_size
 from ..checkpoint import write_loadable
-from ..distributed import ProcessGroup
+from ..distributed import ProcessGroup, field_specs
 from ..policies import get_policy
 from ..reference import Reference
 from ..scorer import Scorer
@@ -307,9 +307,9 @@ class SelectiveTrainer(Trainer):
         # A plan's steps need one candidate count (an epoch's last batch may be short) and, when the selector
         # reads the candidates themselves (they are joined), one shape.
         joined = self.selector.reads_candidates
-        shapes = [_field_shapes(batch) if joined else batch_size(batch) for batch in batches]
+        shapes = [(batch_size(batch), field_specs(batch) if joined else None) for batch in batches]
         steps = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), len(batches))
-        if joined and steps < len(batches) and not self._warned_shapes and _per_sample_shapes(shapes[steps]) != _per_sample_shapes(shapes[0]):
+        if joined and steps < len(batches) and not self._warned_shapes and shapes[steps][1] != shapes[0][1]:
             self._warned_shapes = True
             logger.warning(
                 "plan_steps=%d: candidate batches differ in shape past the batch size (dynamic padding?) and this selector "
@@ -483,19 +483,3 @@ class SelectiveTrainer(Trainer):
         )
         self._let_go_of_plans()  # max_steps inside a plan
         return result
-
-
-def _field_shapes(batch: Any) -> list[tuple[str, tuple[int, ...]]]:
-    """Each per-sample field's path and shape (a list's length)."""
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-
-    def visit(path: str, value: Any) -> Any:
-        shapes.append((path, tuple(value.shape) if hasattr(value, "shape") else (len(value),)))
-        return value
-
-    map_fields(batch, visit)
-    return shapes
-
-
-def _per_sample_shapes(shapes: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(path, shape[1:]) for path, shape in shapes]
