@@ -41,9 +41,9 @@ def _uncollated(batch: Sequence) -> str | None:
     same keys, or tuples of one length, with scalars that differ (labels, ids) at the same key or position. A
     batch of fields never has that: its labels and ids are per-sample tensors or lists, and a batch-level scalar
     repeated in each group of fields is the same in all of them."""
-    first = batch[0]
     if len(batch) < 2:
         return None
+    first = batch[0]
     if isinstance(first, Mapping):
         if not all(isinstance(sample, Mapping) and sample.keys() == first.keys() for sample in batch):
             return None
