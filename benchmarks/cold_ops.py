@@ -1,10 +1,10 @@
 """What small tensor ops cost right after a large model's step, against the same ops back to back.
 
 Selection runs its ops between the large model's steps, whose convolutions evict the caches the small ops'
-code and data sat in. This times six ops of the kind selection runs (gathers on 64-640 rows, a mean read
-back with ``.item()``, a 640-id gather from a 114k-entry table by indexing and by ``index_select``) after a
-convolution of the recipe's shape and with nothing in between, and prints a table of microseconds per op
-(median of ``--repeats``).
+code and data sat in. This times eight ops of the kind selection runs (gathers on 64-640 rows, a mean read
+back with ``.item()``, a 640-id gather from a 114k-entry table by indexing and by ``index_select``, the scorer
+head's two linear layers on 640 candidates) after a convolution of the recipe's shape and with nothing in
+between, and prints a table of microseconds per op (median of ``--repeats``).
 
 Run:  python benchmarks/cold_ops.py [--repeats 300] [--threads 2]
 """
@@ -30,6 +30,9 @@ def main() -> None:
     ids = torch.randint(0, 60000, (640,), generator=g)
     features = torch.randn(640, 7, generator=g)
     table = torch.randn(114440, generator=g)
+    hidden = torch.randn(640, 32, generator=g)
+    weight1, bias1 = torch.randn(32, 7, generator=g), torch.randn(32, generator=g)
+    weight2, bias2 = torch.randn(1, 32, generator=g), torch.randn(1, generator=g)
     conv = torch.nn.Conv2d(32, 32, 3, padding=1)
     images = torch.randn(64, 32, 28, 28, generator=g)
     ops = {
@@ -39,6 +42,8 @@ def main() -> None:
         "scores.mean().item()": lambda: scores.mean().item(),
         "table[ids]": lambda: table[ids],
         "table.index_select(0, ids)": lambda: table.index_select(0, ids),
+        "scorer head layer 1 (640 x 7 -> 32)": lambda: torch.nn.functional.linear(features, weight1, bias1),
+        "scorer head layer 2 (640 x 32 -> 1)": lambda: torch.nn.functional.linear(hidden, weight2, bias2),
     }
     timings: dict[str, dict[str, list[float]]] = {"after a convolution": {}, "back to back": {}}
     for setting, per_op in timings.items():
@@ -62,7 +67,7 @@ def main() -> None:
         totals["back to back"] += warm
         print(f"| `{name}` | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
     cold, warm = totals["after a convolution"], totals["back to back"]
-    print(f"| all six | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
+    print(f"| all {len(ops)} | {cold:.1f} | {warm:.1f} | {cold / warm:.1f}x |")
 
 
 if __name__ == "__main__":
