@@ -968,14 +968,10 @@ class OnlineSelector:
         table = self._reference_table("reject_unlearned")
         memory = self._refresh_memory()
         last_loss = memory.last_loss.index_select(0, ids)
-        unlikely = (~plausible_labels(last_loss, self.label_floor)).nonzero()[:, 0]
-        if unlikely.numel():
-            ids, last_loss = ids.index_select(0, unlikely), last_loss.index_select(0, unlikely)
-            unlearned = (memory.count.index_select(0, ids) >= self.reject_after).nonzero()[:, 0]
-            ids, last_loss = ids.index_select(0, unlearned), last_loss.index_select(0, unlearned)
-        else:
-            ids = ids[:0]
-        unlearned = self._reject(table, ids, last_loss)
+        rows = (~plausible_labels(last_loss, self.label_floor)).nonzero()[:, 0]
+        if rows.numel():
+            rows = rows[memory.count.index_select(0, ids.index_select(0, rows)) >= self.reject_after]
+        unlearned = self._reject(table, ids.index_select(0, rows), last_loss.index_select(0, rows))
         return unlearned.ids[unlearned.rejected]
 
     def _reject(self, table: ReferenceTable, ids: torch.Tensor, last_loss: torch.Tensor) -> ReferenceRefresh:
