@@ -281,7 +281,6 @@ class _RunState:
         self.skipped_updates = int(state.get("skipped_updates", 0))  # absent in checkpoints written before it
 
 
-
 def _multi_process_without_accelerator() -> bool:
     """A multi-process launch on a machine with no GPU (or other accelerator): Accelerate sets such a
     run up as multi-process CPU only when told to use the CPU."""

@@ -387,9 +387,11 @@ def _summary_rows(runs: list[RunData]) -> list[list[str]]:
 
 
 def _summary_header(runs: list[RunData]) -> list[str]:
-    label = "acc %" if _metric_label(runs) == "accuracy %" else _metric_label(runs)
+    label = _metric_label(runs)
+    label = "acc %" if label == "accuracy %" else label
     return ["run", "policy", "steps", f"best {label}", f"final {label}", "training s", "noisy % selected (candidates)",
             "Spearman explore", "precision@k (chance)", "coverage %"]
+
 
 _GUIDE = """
 <p>What healthy selection looks like:</p>
