@@ -94,7 +94,8 @@ def select(
     - ``eligible``: an optional mask of the candidates the policy is willing to train on (e.g. labels
       the reference finds plausible). Exploration and the rule draw from eligible candidates; only if
       fewer than k are eligible are the highest-scoring others added. Importance weights are then
-      unbiased for the mean loss over the eligible candidates.
+      unbiased for the mean loss over the eligible candidates (picks that are all exploration, a
+      uniform sample, each weigh 1).
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D (one per candidate), got shape {tuple(scores.shape)}")
@@ -121,11 +122,13 @@ def select(
         raise ValueError(f"eligible must be a bool mask of shape ({batch_size},), got {eligible.dtype} {tuple(eligible.shape)}")
     eligible = eligible.cpu()
 
-    n_explore = min(k, round(explore * k))
     order = torch.randperm(batch_size, generator=generator)
     # Eligible candidates first (in random order), then the others: exploration draws from the front.
     order = order.index_select(0, torch.argsort(~eligible.index_select(0, order), stable=True))
     num_eligible = int(eligible.sum())
+    # Exploration never reaches past the eligible candidates: with fewer of them than its share, the rest of k
+    # is filled with the best-scoring others below, not with random ineligible ones.
+    n_explore = min(k, round(explore * k), num_eligible)
     explored_idx = order[:n_explore]
     pool = order[n_explore:num_eligible] if n_explore < num_eligible else order[:0]
     n_rule = k - n_explore
@@ -135,24 +138,28 @@ def select(
     elif pool.numel() < n_rule:
         # Too few eligible candidates: take them all and fill up with the best-scoring others.
         others = order[max(n_explore, num_eligible) :].sort().values
-        fill = others.index_select(0, torch.topk(scores.index_select(0, others), n_rule - pool.numel(), sorted=True).indices)
-        picked = torch.cat([pool, fill])
+        picked = torch.cat([pool, _best(scores, others, n_rule - pool.numel())])
     elif rule == "top_k":
-        # Sort the pool by position first so ties break deterministically.
-        pool = pool.sort().values
-        picked = pool.index_select(0, torch.topk(scores.index_select(0, pool), n_rule, sorted=True).indices)
+        picked = _best(scores, pool.sort().values, n_rule)
     else:
         picked, weights_rest = _priority_sample(scores.index_select(0, pool) / temperature, n_rule, generator, importance_weights)
         picked = pool.index_select(0, picked)
     indices = torch.cat([picked, explored_idx])
     explored = torch.arange(k) >= n_rule
-    if importance_weights:
+    if importance_weights and n_rule:
         # Each explored pick stands for itself; each sampled pick for max(1, tau / w_i) candidates.
         units = torch.cat([torch.ones(n_rule) if weights_rest is None else weights_rest, torch.ones(n_explore)])
         weights = units * (k / max(num_eligible, k))
     else:
         weights = torch.ones(k)
     return Selection(indices=indices, weights=weights, explored=explored, batch_size=batch_size, num_eligible=num_eligible)
+
+
+def _best(scores: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` of ``positions`` (ascending) with the highest scores, ties to the earlier position: a stable
+    sort, since ``torch.topk`` leaves the order of equal values unspecified."""
+    order = torch.sort(scores.index_select(0, positions), descending=True, stable=True).indices
+    return positions.index_select(0, order[:n])
 
 
 def _priority_sample(

@@ -61,6 +61,18 @@ def test_importance_weights_are_unbiased():
     assert float(torch.tensor(plain).mean()) - float(losses.mean()) > 10 * standard_error
 
 
+def test_importance_weights_of_picks_that_are_all_exploration_are_unbiased():
+    # No pick is left for the rule: the uniform sample stands for every eligible candidate.
+    g = torch.Generator().manual_seed(0)
+    scores, losses = torch.randn(16, generator=g), torch.rand(16, generator=g) * 3
+    estimates = []
+    for _ in range(4000):
+        sel = select(scores, 4, rule="sample", explore=1.0, importance_weights=True, generator=g)
+        estimates.append(float((sel.weights * losses[sel.indices]).mean()))
+    estimates = torch.tensor(estimates)
+    assert abs(float(estimates.mean()) - float(losses.mean())) < 4 * float(estimates.std()) / len(estimates) ** 0.5
+
+
 def test_sampling_prefers_high_scores():
     g = torch.Generator().manual_seed(0)
     scores = torch.zeros(100)
@@ -121,6 +133,24 @@ def test_too_few_eligible_are_topped_up_by_score():
     eligible[[0, 1]] = True
     sel = select(torch.arange(10.0), 4, eligible=eligible, explore=0.25)
     assert sorted(sel.indices.tolist()) == [0, 1, 8, 9]
+
+
+def test_exploration_never_takes_ineligible_candidates():
+    # One eligible candidate, an exploration share of 4: the other 7 picks are the best-scoring others.
+    eligible = torch.zeros(32, dtype=torch.bool)
+    eligible[0] = True
+    for seed in range(20):
+        sel = select(torch.arange(32.0), 8, explore=0.5, eligible=eligible, generator=torch.Generator().manual_seed(seed))
+        assert sorted(sel.indices.tolist()) == [0, *range(25, 32)]
+        assert sel.indices[sel.explored].tolist() == [0]
+
+
+def test_top_k_breaks_ties_by_position():
+    for b, k in ((16, 4), (1000, 37)):
+        assert sorted(select(torch.zeros(b), k).indices.tolist()) == list(range(k))
+    eligible = torch.zeros(10, dtype=torch.bool)
+    eligible[0] = True
+    assert sorted(select(torch.zeros(10), 3, eligible=eligible).indices.tolist()) == [0, 1, 2]
 
 
 def test_annealed_temperature_is_geometric_between_its_ends():
