@@ -321,6 +321,12 @@ class OnlineSelector:
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if not 0.0 <= explore <= 1.0:
             raise ValueError(f"explore must be in [0, 1], got {explore}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+        if not 0.0 <= label_floor < 1.0:
+            raise ValueError(f"label_floor is a probability in [0, 1), got {label_floor}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if distributed not in MODES:
             raise ValueError(f"distributed must be one of {MODES}, got {distributed!r}")
         missing = []
@@ -900,16 +906,22 @@ class OnlineSelector:
         kept = view_losses.numel() if keep is None else keep.numel()
         if self.loss_discount and kept:
             # Normalised over every process's finite losses (the view), so the weights mean the same everywhere.
-            scale = torch.exp(-self.loss_discount * (view_losses if keep is None else view_losses[keep])).mean()
-            discount = torch.exp(-self.loss_discount * observed.nan_to_num(0.0)) / scale
+            # Shifted by the smallest loss, which the normalisation cancels: exp(-q * loss) alone underflows to
+            # 0 for every sample once all losses are large (summed per-token losses), and 0 / 0 is NaN.
+            finite_losses = view_losses if keep is None else view_losses[keep]
+            low = float(finite_losses.min())
+            scale = torch.exp(-self.loss_discount * (finite_losses - low)).mean()
+            shifted = observed.nan_to_num(nan=low, posinf=low, neginf=low) - low
+            discount = torch.exp(-self.loss_discount * shifted) / scale
             weights = weights * discount.to(losses.device, losses.dtype)
+        # Scaled before summing, as a mean is: a sum of many half-precision losses can overflow.
         if group is not None:
             mask = torch.isfinite(observed).to(losses.device)
             scale = group.world_size / max(int(finite.sum()), 1)
-            return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() * scale
+            return torch.where(mask, weights * losses * scale, torch.zeros_like(losses)).sum()
         if keep is not None:
             mask = finite.to(losses.device)
-            return torch.where(mask, weights * losses, torch.zeros_like(losses)).sum() / max(int(mask.sum()), 1)
+            return torch.where(mask, weights * losses / max(int(mask.sum()), 1), torch.zeros_like(losses)).sum()
         return (weights * losses).mean()
 
     def untrained(self, ids: torch.Tensor) -> torch.Tensor:
@@ -1174,6 +1186,8 @@ class OnlineSelector:
             "nonfinite_losses": self.nonfinite_losses,
             "unlearned_rejected": self.unlearned_rejected,
             "flat_score_steps": self.flat_score_steps,
+            "flat_window": list(self._spreads),  # the window in progress and whether it warned, so a resume warns as
+            "flat_warned": self._flat_warned,  # an uninterrupted run would
             "generator": self.generator.get_state(),
             "policy": self.policy.name,
             "window": self._window_entries(),
@@ -1198,6 +1212,8 @@ class OnlineSelector:
         self.unlearned_rejected = int(state.get("unlearned_rejected", 0))
         self._spread_inputs = []
         self._flat_score_steps = int(state.get("flat_score_steps", 0))
+        self._spreads = [float(spread) for spread in state.get("flat_window", [])]
+        self._flat_warned = bool(state.get("flat_warned", False))
         self.generator.set_state(state["generator"])
         self._window.clear()
         self._window.extend(state.get("window", []))

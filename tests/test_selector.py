@@ -104,6 +104,38 @@ def test_loss_discount_weights_picks_by_exp_minus_q_loss_normalised_and_detached
             OnlineSelector("uniform", keep=4, loss_discount=bad)
 
 
+def test_loss_discount_stays_finite_when_every_loss_is_large():
+    # exp(-q * loss) underflows to 0 for all of these; the normalised weights do not.
+    for q, values in ((1.0, [200.0, 210.0, 220.0, 230.0]), (0.15, [700.0, 720.0, 750.0, 800.0])):
+        losses = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        discount = torch.exp(-q * (losses.detach() - values[0]))
+        selector = OnlineSelector("uniform", keep=4, loss_discount=q)
+        loss = selector.observe(selector.select(_batch()), losses.float())
+        assert loss.item() == pytest.approx(float((discount * losses.detach()).sum() / discount.sum()), rel=1e-5)
+        loss.backward()
+        assert torch.isfinite(losses.grad).all()
+
+
+def test_skipped_half_precision_losses_do_not_overflow_the_sum():
+    selector = OnlineSelector("uniform", keep=2048, on_nonfinite="skip")
+    losses = torch.full((2048,), 40.0, dtype=torch.float16)
+    losses[0] = float("nan")
+    assert selector.observe(selector.select(_batch(b=4096)), losses).item() == 40.0
+
+
+def test_bad_settings_are_named_up_front():
+    for kwargs, message in (
+        ({"temperature": 0.0}, "temperature must be positive"),
+        ({"temperature": float("inf")}, "temperature must be positive"),
+        ({"label_floor": 1.0}, "label_floor is a probability"),
+        ({"label_floor": -0.1}, "label_floor is a probability"),
+        ({"label_floor": float("nan")}, "label_floor is a probability"),
+        ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            OnlineSelector("uniform", keep=4, **kwargs)
+
+
 def test_missing_components_are_named_up_front():
     with pytest.raises(ValueError, match=r"needs scorer=Scorer\(...\), reference="):
         OnlineSelector("predicted_learnability")
@@ -378,6 +410,25 @@ def test_sampling_on_flat_scores_warns_once(scale, rule, warns, advice):
     assert selector.flat_score_steps == (2 * FLAT_WINDOW + 10 if warns else 0)
     if warns:
         assert "picks nearly at random" in str(flat[0].message) and advice in str(flat[0].message)
+
+
+def test_a_resumed_selector_warns_of_flat_scores_when_an_uninterrupted_one_would():
+    from online_select.selector import FLAT_WINDOW
+
+    def selector():
+        g = torch.Generator().manual_seed(0)
+        return OnlineSelector("large_loss", keep=4, large_loss_fn=lambda batch: 1.0 + 1e-4 * torch.rand(len(batch["id"]), generator=g))
+
+    first = selector()
+    for step in range(FLAT_WINDOW // 2):
+        first.select(_batch(start=32 * step))
+    resumed = selector()
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(FLAT_WINDOW // 2, FLAT_WINDOW):
+            resumed.select(_batch(start=32 * step))
+    assert len([w for w in caught if issubclass(w.category, FlatScoresWarning)]) == 1
 
 
 def test_a_flat_start_that_ends_does_not_warn():
