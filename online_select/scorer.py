@@ -15,7 +15,7 @@ per-sample losses on the samples it trains on (the exploration picks keep those 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -294,7 +294,7 @@ class Scorer:
 
 
 def _default_input(batch: Any) -> Any:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         for key in ("input", "inputs", "x", "image", "pixel_values", "input_ids"):
             if key in batch:
                 return batch[key]

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -402,10 +402,13 @@ class OnlineSelector:
         )
 
     def _ids(self, batch: Any, ids: Any, n: int) -> torch.Tensor | None:
+        source, guessed = "ids=", False
         if ids is None and self.id_key is not None:
-            ids = get_field(batch, self.id_key)
-        if ids is None and isinstance(batch, dict):
-            ids = next((batch[key] for key in ID_KEYS if key in batch), None)
+            ids, source = get_field(batch, self.id_key), f"the batch's {self.id_key!r} field (id_key)"
+        if ids is None and isinstance(batch, Mapping):
+            key = next((key for key in ID_KEYS if key in batch), None)
+            if key is not None:
+                ids, source, guessed = batch[key], f"the batch's {key!r} field", True
         if ids is None:
             if self.needs_ids:
                 raise ValueError(
@@ -413,7 +416,12 @@ class OnlineSelector:
                     f"select(), or give the batch an id field (one of {ID_KEYS}) or set id_key="
                 )
             return None
-        return check_ids(torch.as_tensor(ids), n)
+        try:
+            return check_ids(torch.as_tensor(ids), n)
+        except (TypeError, ValueError) as error:
+            if guessed and not self.needs_ids:
+                return None  # a field named like ids that holds something else (string hashes, per-token positions)
+            raise type(error)(f"sample ids read from {source}: {error}") from None
 
     def _process_group(self) -> ProcessGroup | None:
         """The processes selection spans, looked up once (after the user's ``Accelerator`` exists)."""

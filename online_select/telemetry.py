@@ -38,7 +38,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +375,7 @@ class SelectionTelemetry:
             self._time[key] = self._time.get(key, 0.0) + value
         if selected.ids is not None:
             self._count_ids(selected.ids.cpu().long(), indices, selected.scores)
-        if isinstance(candidate_batch, dict) and isinstance(selected.batch, dict):
+        if isinstance(candidate_batch, Mapping) and isinstance(selected.batch, Mapping):
             # The trained samples come from the selected batch itself: with distributed="global" the
             # indices point into all processes' candidates, not into this process's candidate batch.
             for key in self.group_keys:
@@ -467,7 +467,7 @@ class SelectionTelemetry:
         }
         if selected.predicted_loss is not None:
             result["spearman_loss"] = spearman(selected.predicted_loss.detach().float().cpu()[rows], exact)
-        if self.noise_key and isinstance(candidate_batch, dict) and self.noise_key in candidate_batch:
+        if self.noise_key and isinstance(candidate_batch, Mapping) and self.noise_key in candidate_batch:
             noisy = candidate_batch[self.noise_key].cpu()[rows].float()
             result["oracle_noisy_share"] = float(noisy[oracle.topk(k).indices].mean())
             result["selector_noisy_share"] = float(noisy[scores.topk(k).indices].mean())

@@ -53,6 +53,18 @@ def test_small_input_model_is_trained_with_the_head():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_the_scorer_model_reads_its_input_from_a_batch_encoding():
+    from transformers import BatchEncoding
+
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    scorer = Scorer(model, use_memory=False)
+    batch = BatchEncoding({"input_ids": torch.randn(6, 4), "attention_mask": torch.ones(6, 4)})
+    assert scorer.predict(scorer.features(batch, None, 0), batch).shape == (6,)
+    assert seen[-1] == (6, 4)
+
+
 def test_state_dict_round_trip_gives_identical_predictions():
     g = torch.Generator().manual_seed(1)
     a = Scorer(use_memory=True)

@@ -156,6 +156,20 @@ def test_ids_are_required_when_memory_or_table_need_them():
     assert selector.select(batch, ids=torch.arange(32)).k == 8
 
 
+def test_ids_come_from_a_batch_encoding_and_fields_that_are_not_ids_are_named():
+    from transformers import BatchEncoding
+
+    batch = BatchEncoding({"input": torch.randn(16, 5), "id": torch.arange(100, 116)})
+    selected = _selector().select(batch)
+    assert isinstance(selected.batch, BatchEncoding) and selected.selected_ids.min() >= 100
+    hashes = {"input": torch.randn(8, 5), "id": [f"5733be28477{i}" for i in range(8)]}
+    assert OnlineSelector("uniform", keep=4).select(hashes).ids is None  # uniform needs no ids: the field is not read as ids
+    with pytest.raises(ValueError, match="sample ids read from the batch's 'id' field"):
+        _selector().select(hashes)
+    with pytest.raises(ValueError, match=r"sample ids read from ids=: expected 16 sample ids"):
+        _selector().select(batch, ids=torch.arange(3))
+
+
 def test_k_larger_than_batch():
     selector = OnlineSelector("uniform", keep=40)
     with pytest.raises(ValueError, match="cannot keep k=40 samples from a candidate batch of B=32"):
