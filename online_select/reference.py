@@ -74,7 +74,8 @@ class ReferenceTable(Reference):
     reads_candidates = False
 
     def __init__(self, losses: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        losses = torch.as_tensor(losses, dtype=torch.float32).flatten()
+        # A copy: the table's losses are rewritten in place (refresh, rejection), never the caller's tensor.
+        losses = torch.as_tensor(losses, dtype=torch.float32).flatten().clone()
         if features is not None:
             features = torch.as_tensor(features, dtype=torch.float32)
             if features.ndim != 2 or features.shape[0] != losses.numel():

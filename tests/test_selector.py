@@ -245,6 +245,13 @@ def test_reference_table_features_are_its_rows_and_follow_replaced_losses(tmp_pa
     assert torch.equal(again.features(None, ids), features) and again.extra.shape == (4, 2)
 
 
+def test_a_reference_table_never_writes_into_the_callers_losses():
+    losses = torch.full((64,), 0.1)
+    table = ReferenceTable(losses)
+    table.replace_losses(torch.tensor([3]), torch.tensor([5.0]))
+    assert table.table[3] == 5.0 and bool((losses == 0.1).all())
+
+
 def test_reducible_loss_runs_the_large_model_only_when_declared():
     model = torch.nn.Linear(5, 3)
     calls = []
