@@ -2,8 +2,9 @@
 
 A batch is a tensor, a numpy array, a mapping (``dict``, ``transformers.BatchEncoding``), or a
 tuple/list of fields. Per-sample fields are tensors or arrays (samples along dim 0) and, inside a
-mapping, lists (e.g. raw strings or ids). Scalars, ``None`` and 0-dim tensors are batch-level
-values: they are kept as they are when a batch is sliced.
+mapping or a tuple, lists (e.g. raw strings or ids: ``(texts, labels)``; a list of lists is a list of
+samples). Scalars, ``None`` and 0-dim tensors are batch-level values: they are kept as they are when a
+batch is sliced.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def _is_leaf(value: Any) -> bool:
 
 
 def _is_field_container(value: Sequence) -> bool:
-    """A top-level tuple/list is a container of fields when it holds tensors, arrays or mappings."""
+    """A tuple/list is a container of fields when it holds tensors, arrays, mappings or tuples; a tuple of lists
+    only is one too (``(texts, labels)``, as ``zip(*samples)`` gives), while a list of lists is a list of samples."""
+    if isinstance(value, tuple) and value and all(isinstance(v, list) for v in value):
+        return True
     return any(isinstance(v, (torch.Tensor, np.ndarray, Mapping, tuple)) for v in value)
 
 

@@ -53,6 +53,15 @@ def test_top_level_list_of_strings_is_per_sample():
     assert batch_size(["x", "y", "z"]) == 3
 
 
+def test_a_tuple_of_lists_is_a_tuple_of_fields():
+    texts, labels = [f"text {i}" for i in range(16)], list(range(16))
+    assert batch_size((texts, labels)) == 16
+    assert take((texts, labels), torch.tensor([7, 0])) == (["text 7", "text 0"], [7, 0])
+    assert batch_size([texts, labels]) == 2  # a list of lists is a list of samples
+    with pytest.raises(BatchError, match="ragged batch"):
+        batch_size((texts, labels[:3]))
+
+
 def test_ragged_batch_names_the_field():
     with pytest.raises(BatchError, match=r"ragged batch: batch\['labels'\] has 3 samples but batch\['input'\] has 4"):
         batch_size({"input": torch.zeros(4, 2), "labels": torch.zeros(3)})
