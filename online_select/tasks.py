@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import TensorLoader, load_hub_image_classification, load_idx_folder, symmetric_label_noise
 from .losses import ClassificationLoss
 from .models import mlp_classifier, small_cnn
@@ -105,6 +105,8 @@ class ImageClassificationTask(Task):
     def __init__(self, config: Config) -> None:
         self.config = config
         data = config.data
+        if data.source not in ("folder", "hub"):
+            raise ConfigError(f"data.source={data.source!r} is not one of folder, hub (for the {config.task} task)")
         raw = load_idx_folder(data.path) if data.source == "folder" else load_hub_image_classification(data.hub_name)
         train_x, test_x = _pixels(raw["train_images"], "train"), _pixels(raw["test_images"], "test")
         train_y = torch.from_numpy(raw["train_labels"].astype("int64"))

@@ -67,6 +67,40 @@ def test_an_empty_section_takes_overrides_and_the_default_task_exists(tmp_path):
         load_config(path, ["data.label_noise=0.1"])
 
 
+def test_numbers_in_exponent_notation_text_as_written_and_lists_with_spaces(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 5e-4\n  weight_decay: 1E-2\nlogging:\n  run_name: 2024-06-01\n")
+    config = load_config(recipe, ["train.max_steps=1e3", "selection.temperature_end=1e-2", "logging.project=on",
+                                  "logging.trackers=wandb, tensorboard"])
+    assert (config.train.lr, config.train.weight_decay, config.train.max_steps) == (5e-4, 1e-2, 1000)
+    assert config.selection.temperature_end == 1e-2 and config.logging.run_name == "2024-06-01"
+    assert config.logging.project == "on" and config.logging.trackers == ["wandb", "tensorboard"]
+    assert load_config(None, ["logging.run_name=exp 1.10"]).logging.run_name == "exp 1.10"
+    recipe.write_text("logging:\n  run_name: on\n")
+    with pytest.raises(ConfigError, match="logging.run_name: expected a string, got True .*quote it"):
+        load_config(recipe)
+
+
+def test_a_key_given_twice_in_a_recipe_is_an_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("selection:\n  keep: 16\ntrain:\n  max_steps: 3\nselection:\n  policy: uniform\n")
+    with pytest.raises(ConfigError, match=r"the key 'selection' is given twice in one mapping \(lines 1 and 5\)"):
+        load_config(recipe)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.label_floor=abc", "selection.label_floor='abc' is neither auto nor a probability in [0, 1)"),
+    ("selection.label_floor=null", "selection.label_floor=None is neither auto nor a probability"),
+    ("selection.label_floor=1.5", "selection.label_floor=1.5 is neither auto nor a probability"),
+    ("train.threads=-1", "train.threads=-1 is negative"),
+    ("train.keep_checkpoints=-2", "train.keep_checkpoints=-2 is negative"),
+    ("data.max_train_samples=-5", "data.max_train_samples=-5 is negative"),
+])
+def test_bad_values_are_named_when_the_recipe_loads(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
 @pytest.mark.parametrize("override, message", [
     ("selection.policy=predicted_learnabilty", "selection.policy='predicted_learnabilty' is not one of uniform,"),
     ("selection.rule=topk", "selection.rule='topk' is not one of top_k, sample"),
@@ -77,3 +111,10 @@ def test_an_empty_section_takes_overrides_and_the_default_task_exists(tmp_path):
 def test_a_setting_with_fixed_choices_is_checked_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_an_unknown_data_source_is_an_error_not_a_hub_download():
+    from online_select.tasks import build_task
+
+    with pytest.raises(ConfigError, match=re.escape("data.source='folders' is not one of folder, hub")):
+        build_task(load_config(None, ["data.source=folders"]))
