@@ -1,3 +1,4 @@
+import pytest
 import torch
 from datasets import Dataset, IterableDataset
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -53,6 +54,15 @@ def test_reference_table_is_keyed_by_id_and_round_trips(tmp_path):
     save_reference_table(table, str(tmp_path / "ref.safetensors"))
     loaded = ReferenceTable.from_state_dict(load_file(str(tmp_path / "ref.safetensors")))
     assert torch.equal(loaded.table, table.table)
+
+
+def test_reference_table_scores_a_dataset_smaller_than_a_batch():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    ds = add_ids(Dataset.from_dict({"input_ids": torch.randint(0, 32, (5, 16)).tolist()}))
+    assert len(reference_table(model, ds, CausalLMLoss(), batch_size=64)) == 5
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        reference_table(model, ds.select([]), CausalLMLoss())
 
 
 class _CharTokenizer:

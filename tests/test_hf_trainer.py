@@ -64,6 +64,23 @@ def test_without_selection_it_is_exactly_trainer(tmp_path):
     assert torch.equal(params(plain.model), params(ours.model))
 
 
+def test_a_text_id_column_goes_as_with_trainer_without_selection_and_is_named_with_it(tmp_path):
+    dataset = cls_dataset().remove_columns(["id"]).add_column("id", [f"q{i:04d}" for i in range(64)])
+
+    def collate(rows):  # as a padding collator does, tensors of every column it is given
+        return {"labels" if key == "label" else key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+    plain = Trainer(model=bert(), args=args(tmp_path / "a"), train_dataset=dataset, data_collator=collate)
+    plain.train()
+    ours = SelectiveTrainer(model=bert(), args=args(tmp_path / "b"), train_dataset=dataset, data_collator=collate)
+    ours.train()
+    assert torch.equal(params(plain.model), params(ours.model))
+    with pytest.raises(ValueError, match="'id' column holds string values, but sample ids are integer positions"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path / "c"), train_dataset=dataset, keep=4)
+    SelectiveTrainer(model=bert(), args=args(tmp_path / "d"), train_dataset=add_ids(dataset, column="sample_id"), keep=4,
+                     id_column="sample_id")
+
+
 def test_builds_on_a_trainer_without_the_ga_scaling_flag(tmp_path, monkeypatch):
     """transformers before 5.19 has no Trainer.loss_is_scaled_for_ga (the whole suite passes on 5.17.0)."""
     monkeypatch.delattr(Trainer, "loss_is_scaled_for_ga", raising=False)
@@ -298,6 +315,41 @@ def test_plans_are_cut_where_batches_change_shape_and_misuse_is_named(tmp_path, 
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, plan_steps=0)
     with pytest.raises(ValueError, match="needs keep="):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), plan_steps=2)
+
+
+def test_an_epoch_stopped_inside_a_plan_leaves_its_candidates_behind(tmp_path):
+    class StopTheFirstEpoch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_epoch_stop = state.global_step == 1
+
+    class Tagging(SelectiveTrainer):
+        """Tags every candidate batch with the epoch whose iterator gave it, and records what each step trains."""
+
+        epochs, origin, trained = [], {}, []
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            if not self.epochs or self.epochs[-1][0] is not epoch_iterator:
+                epoch = len(self.epochs)
+
+                def tagged(source=epoch_iterator):
+                    for batch in source:
+                        self.origin[id(batch)] = epoch
+                        yield batch
+
+                self.epochs.append((epoch_iterator, tagged()))
+            return super().get_batch_samples(self.epochs[-1][1], num_batches, device)
+
+        def _next_selection(self, epoch_iterator):
+            fetched = super()._next_selection(epoch_iterator)
+            if fetched is not None:
+                self.trained.append((len(self.epochs) - 1, self.origin[id(fetched[0])]))
+            return fetched
+
+    trainer = Tagging(model=bert(), args=args(tmp_path, max_steps=6), train_dataset=cls_dataset(), keep=4, plan_steps=3,
+                      callbacks=[StopTheFirstEpoch()])
+    trainer.train()
+    # The first epoch ends after 1 step of its plan of 3; the second trains its own 4 batches, not the 2 left over.
+    assert trainer.trained == [(0, 0)] + [(1, 1)] * 4
 
 
 @pytest.mark.parametrize("plan_steps", [1, 3])

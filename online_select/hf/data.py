@@ -162,8 +162,9 @@ def reference_table(
     model.eval().to(device)
     collate = collate_fn or _collate_default
     seen_ids, seen_feats = [], []
-    batches = candidate_batches(dataset, batch_size, collate, shuffle=False, epochs=1, id_column=id_column) if not _is_iterable(dataset) else None
-    rows: list = []
+    names = dataset.column_names
+    if names is not None and id_column not in names:
+        raise KeyError(f"the dataset has no {id_column!r} column: add stable ids first with add_ids(dataset)")
 
     def score(batch: Mapping) -> None:
         ids = check_ids(torch.as_tensor(batch[id_column]), len(batch[id_column]))
@@ -172,21 +173,17 @@ def reference_table(
         seen_ids.append(ids)
         seen_feats.append(feats.float().cpu())
 
-    if batches is not None:
-        for batch in batches:
-            score(batch)
-        n = len(dataset)
-        tail = n - n % batch_size
-        if tail < n:
-            score(collate([dataset[i] for i in range(tail, n)]))
-    else:
-        for row in dataset:
-            rows.append(row)
-            if len(rows) == batch_size:
-                score(collate(rows))
-                rows = []
-        if rows:
+    # Every example once, in order, the last batch short (a dataset smaller than batch_size is one batch).
+    rows: list = []
+    for row in dataset if _is_iterable(dataset) else (dataset[i] for i in range(len(dataset))):
+        rows.append(row)
+        if len(rows) == batch_size:
             score(collate(rows))
+            rows = []
+    if rows:
+        score(collate(rows))
+    if not seen_ids:
+        raise ValueError("the dataset is empty: there is nothing to score")
     ids = torch.cat(seen_ids)
     feats = torch.cat(seen_feats)
     size = num_ids if num_ids is not None else int(ids.max()) + 1

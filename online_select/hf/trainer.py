@@ -131,6 +131,20 @@ class SelectiveTrainer(Trainer):
                 "returns, which the trainer does not use); it applies in the ready loop and your own loop"
             )
         self._check_plan_steps()
+        self._check_id_column()
+
+    def _check_id_column(self) -> None:
+        """Sample ids are integer positions: a dataset's own text ids (e.g. SQuAD's hashes) are named up front, not
+        left to fail in a collator."""
+        features = getattr(self.train_dataset, "features", None)
+        if self.selector is None or not features or self.id_column not in features:
+            return
+        dtype = getattr(features[self.id_column], "dtype", None)
+        if dtype is not None and not str(dtype).startswith(("int", "uint")):
+            raise ValueError(
+                f"the dataset's {self.id_column!r} column holds {dtype} values, but sample ids are integer positions: "
+                f"add them with online_select.hf.add_ids(dataset, column='sample_id') and pass id_column='sample_id'"
+            )
 
     def _check_plan_steps(self) -> None:
         steps = self.plan_steps
@@ -190,7 +204,8 @@ class SelectiveTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None:
+        # Only while selecting: without selection this is Trainer, and e.g. a text `id` column must go as there.
+        if self._signature_columns is not None and self._selecting:
             self._signature_columns += [c for c in self.selection_columns if c not in self._signature_columns]
 
     def _strip(self, inputs: Mapping) -> Mapping:
@@ -250,7 +265,7 @@ class SelectiveTrainer(Trainer):
         if not self._selecting:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
         if epoch_iterator is not self._plan_source:  # a new epoch: what the last one left is not trained on
-            self._drop_plan()
+            self._let_go_of_plans()
             self._plan_source = epoch_iterator
         candidates, selections = [], []
         for _ in range(num_batches):
