@@ -365,6 +365,9 @@ def _check_choices(config: Config) -> None:
         "selection.distributed": (config.selection.distributed, MODES),
         "scorer.objective": (config.scorer.objective, OBJECTIVES),
         "train.schedule": (config.train.schedule, SCHEDULES),
+        "selection.on_nonfinite": (config.selection.on_nonfinite, ("raise", "skip")),
+        "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled", "shared")),
+        "logging.audit_oracle": (config.logging.audit_oracle, ("auto", *POLICIES)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from online_select import OnlineSelector, Scorer
+from online_select.checkpoint import CheckpointError
 from online_select.hf import SELECTOR_STATE_NAME, SelectiveTrainer, TokenSelection, add_ids
 
 
@@ -104,22 +105,25 @@ def test_keeping_every_candidate_matches_trainer_with_gradient_accumulation(tmp_
     assert ours.state.global_step == plain.state.global_step == 6
 
 
-def test_multi_label_losses_are_averaged_over_samples_not_over_label_entries(tmp_path):
-    """Trainer counts 3 label entries a sample; the loss has one item a sample (the mean over its labels): so a
-    window of 2 micro-batches of 8 updates as one batch of 16 does, and as Trainer does without accumulation."""
-    def multi_label_bert():
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
+def test_classification_losses_are_averaged_over_samples_not_over_label_entries(tmp_path, problem_type):
+    """A window of 2 micro-batches of 8 updates as one batch of 16 does, and as Trainer does without accumulation:
+    multi-label, Trainer counts 3 label entries a sample where the loss has one item a sample (the mean over its
+    labels); single-label too, where a plain Trainer with accumulation does not (BERT's loss ignores its count)."""
+    def classifier():
         model = bert()
-        model.config.problem_type = "multi_label_classification"
+        model.config.problem_type = problem_type
         return model
 
     g = torch.Generator().manual_seed(0)
-    data = add_ids(Dataset.from_dict({"input_ids": torch.randint(0, 64, (64, 8), generator=g).tolist(),
-                                      "labels": (torch.rand(64, 3, generator=g) > 0.5).float().tolist()}))
+    labels = torch.rand(64, 3, generator=g) > 0.5
+    labels = labels.float().tolist() if problem_type == "multi_label_classification" else labels.sum(1).clamp_max(2).tolist()
+    data = add_ids(Dataset.from_dict({"input_ids": torch.randint(0, 64, (64, 8), generator=g).tolist(), "labels": labels}))
     sgd = dict(optim="sgd", learning_rate=0.5)
-    one_batch = Trainer(model=multi_label_bert(), args=args(tmp_path / "a", per_device_train_batch_size=16, **sgd),
+    one_batch = Trainer(model=classifier(), args=args(tmp_path / "a", per_device_train_batch_size=16, **sgd),
                         train_dataset=data.remove_columns(["id"]))
     one_batch.train()
-    window = SelectiveTrainer(model=multi_label_bert(), train_dataset=data, keep=8, policy="uniform", explore=0.0,
+    window = SelectiveTrainer(model=classifier(), train_dataset=data, keep=8, policy="uniform", explore=0.0,
                               args=args(tmp_path / "b", per_device_train_batch_size=8, gradient_accumulation_steps=2, **sgd))
     window.train()
     assert torch.allclose(params(one_batch.model), params(window.model), atol=1e-6)
@@ -196,6 +200,10 @@ def test_checkpoint_resume_restores_the_selector(tmp_path):
     assert fresh.selector.step == at_3["step"] == 3
     assert torch.equal(fresh.selector.scorer.memory.last_loss.nan_to_num(-1), at_3["scorer"]["memory"]["last_loss"].nan_to_num(-1))
     assert torch.equal(fresh.selector.generator.get_state(), at_3["generator"])
+    state_file = tmp_path / "split" / "checkpoint-3" / SELECTOR_STATE_NAME
+    state_file.write_bytes(state_file.read_bytes()[:100])  # a truncated file names itself
+    with pytest.raises(CheckpointError, match=f"the selector state {state_file} cannot be read"):
+        fresh.load_selector_state(str(tmp_path / "split" / "checkpoint-3"))
 
 
 def test_evaluation_strips_ids_and_works(tmp_path):

@@ -21,7 +21,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..batch import batch_size
-from ..checkpoint import write_loadable
+from ..checkpoint import CheckpointError, write_loadable
 from ..distributed import ProcessGroup, field_specs
 from ..policies import get_policy
 from ..reference import Reference
@@ -475,7 +475,10 @@ class SelectiveTrainer(Trainer):
         path = self._selector_state_file(checkpoint)
         if not os.path.isfile(path):
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated, corrupt or not a weights-only file: say which file, not torch's internals
+            raise CheckpointError(f"the selector state {path} cannot be read: {error}") from error
         self.skipped_updates = int(state.pop(SKIPPED_UPDATES_KEY, 0))  # absent in checkpoints written before it
         self.selector.load_state_dict(state)
         return True
