@@ -1151,7 +1151,7 @@ class OnlineSelector:
         if group is None:
             return
         # Per process by design: the RNG, the stats window, and in local mode the flat-score count (own candidates).
-        own = ("generator", "window") + (("flat_score_steps",) if self.distributed == "local" else ())
+        own = ("generator", "window") + (("flat_score_steps", "flat_window", "flat_warned") if self.distributed == "local" else ())
         state = {key: value for key, value in self.state_dict().items() if key not in own}
         group.check_identical(_tensors_of(state), "the selector's state (scorer, proxy, loss memory, counters)")
 

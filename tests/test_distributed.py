@@ -244,16 +244,14 @@ def _selector_worker(out):
         for mode in ("global", "local"):
             selector, steps = _run_selector(make, 4, mode, 2, rank)
             selector.check_synchronized()
-            state = selector.state_dict()
-            torch.save(
-                {k: v for k, v in state.items() if k not in ("generator", "window")},
-                Path(out) / f"{name}-{mode}-{rank}.pt",
-            )
+            # Per process: the RNG and stats window, and in local mode the flat-score window (own candidates' scores).
+            own = ("generator", "window") + (LOCAL_FLAT_STATE if mode == "local" else ())
+            torch.save({k: v for k, v in selector.state_dict().items() if k not in own}, Path(out) / f"{name}-{mode}-{rank}.pt")
             results[f"{name}-{mode}"] = steps
     for name in ("learnability", "sampled"):
         selector, plans = _run_plans(_configs()[name], 4, rank)
         selector.check_synchronized()
-        state = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window", "flat_score_steps")}
+        state = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window", *LOCAL_FLAT_STATE)}
         torch.save(state, Path(out) / f"{name}-plans-{rank}.pt")
         results[f"{name}-plans"] = plans
     # A plan ended after its first part on every process (a checkpoint inside it) learns from every process's first part.
@@ -294,6 +292,9 @@ def two_process_selection(tmp_path_factory):
     launch_cpu_processes(_selector_worker, args=(str(out),), num_processes=2)
     ranks = [json.loads((out / f"steps-{r}.json").read_text()) for r in (0, 1)]
     return out, ranks
+
+
+LOCAL_FLAT_STATE = ("flat_score_steps", "flat_window", "flat_warned")
 
 
 def _state(path):
