@@ -419,8 +419,8 @@ class OnlineSelector:
         try:
             return check_ids(torch.as_tensor(ids), n)
         except (TypeError, ValueError) as error:
-            if guessed and not self.needs_ids:
-                return None  # a field named like ids that holds something else (string hashes, per-token positions)
+            if guessed and not self.needs_ids and not _one_integer_per_sample(ids, n):
+                return None  # a field named like ids that holds something else (text hashes, per-token positions)
             raise type(error)(f"sample ids read from {source}: {error}") from None
 
     def _process_group(self) -> ProcessGroup | None:
@@ -1232,6 +1232,15 @@ class OnlineSelector:
             self.proxy.load_state_dict(state["proxy"])
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
+
+
+def _one_integer_per_sample(values: Any, n: int) -> bool:
+    """Whether ``values`` has the form of sample ids (one integer per candidate), whatever their range."""
+    try:
+        values = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return values.shape == (n,) and not values.dtype.is_floating_point and values.dtype != torch.bool
 
 
 def _kept_rows(finite: torch.Tensor) -> torch.Tensor | None:

@@ -164,6 +164,10 @@ def test_ids_come_from_a_batch_encoding_and_fields_that_are_not_ids_are_named():
     assert isinstance(selected.batch, BatchEncoding) and selected.selected_ids.min() >= 100
     hashes = {"input": torch.randn(8, 5), "id": [f"5733be28477{i}" for i in range(8)]}
     assert OnlineSelector("uniform", keep=4).select(hashes).ids is None  # uniform needs no ids: the field is not read as ids
+    per_token = {"input": torch.randn(8, 5), "index": torch.zeros(8, 3, dtype=torch.long)}
+    assert OnlineSelector("uniform", keep=4).select(per_token).ids is None
+    with pytest.raises(ValueError, match="sample ids read from the batch's 'id' field: sample ids must be dense non-negative"):
+        OnlineSelector("uniform", keep=4).select({"input": torch.randn(8, 5), "id": torch.arange(8) - 3})
     with pytest.raises(ValueError, match="sample ids read from the batch's 'id' field"):
         _selector().select(hashes)
     with pytest.raises(ValueError, match=r"sample ids read from ids=: expected 16 sample ids"):
