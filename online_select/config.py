@@ -83,7 +83,7 @@ class DataConfig:
     noise_seed: int = 1234  # the corruption is part of the dataset: fixed across run seeds
     max_train_samples: int = 0  # 0: all
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str = "label"  # text tasks, and hub image datasets (source: hub)
     max_length: int = 64
     extra: dict = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ once and looked up), and ``noisy`` flags corrupted labels for telemetry only; tr
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,14 @@ class DataError(ValueError):
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) into a numpy array."""
     path = Path(path)
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path) as file:
+                raw = file.read()
+        except (OSError, EOFError, zlib.error) as error:  # truncated, or not gzip at all
+            raise DataError(f"{path} is not a readable gzip file: {error}") from error
+    else:
+        raw = path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
     ndim = raw[3]
@@ -84,25 +92,37 @@ def load_idx_folder(folder: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_hub_image_classification(name: str) -> dict[str, np.ndarray]:
-    """Load an image-classification dataset from the Hugging Face hub (needs network access)."""
+def load_hub_image_classification(name: str, label_column: str = "label") -> dict[str, np.ndarray]:
+    """Load an image-classification dataset from the Hugging Face hub (needs network access): its ``train`` and
+    ``test`` splits, the labels from ``label_column`` and the images from its one image column."""
     import datasets
 
-    ds = datasets.load_dataset(name)
+    return hub_image_splits(datasets.load_dataset(name), name, label_column)
+
+
+def hub_image_splits(ds: Any, name: str, label_column: str = "label") -> dict[str, np.ndarray]:
+    """The arrays of :func:`load_hub_image_classification` from a loaded ``DatasetDict``."""
+    import datasets
+
     out = {}
-    for split, prefix in (("train", "train"), ("test", "test")):
+    for split in ("train", "test"):
+        if split not in ds:
+            raise DataError(f"{name} has no {split!r} split (it has {', '.join(ds)}); image tasks need train and test")
         part = ds[split]
-        image_col = "image" if "image" in part.column_names else part.column_names[0]
-        label_col = "label" if "label" in part.column_names else part.column_names[-1]
-        out[f"{prefix}_images"] = np.stack([np.asarray(img) for img in part[image_col]])
-        out[f"{prefix}_labels"] = np.asarray(part[label_col])
+        if label_column not in part.column_names:
+            raise DataError(f"{name} has no label column {label_column!r} (columns: {', '.join(part.column_names)}): set data.label_column")
+        images = [c for c, feature in part.features.items() if isinstance(feature, datasets.Image)]
+        if len(images) != 1:
+            raise DataError(f"{name} has {len(images)} image columns ({', '.join(images) or 'none'}); expected one")
+        out[f"{split}_images"] = np.stack([np.asarray(img) for img in part[images[0]]])
+        out[f"{split}_labels"] = np.asarray(part[label_column])
     return out
 
 
 def symmetric_label_noise(
     labels: torch.Tensor, rate: float, num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip a ``rate`` fraction of labels to a different class chosen uniformly.
+    """Flip each label with probability ``rate`` (about a ``rate`` fraction) to a different class chosen uniformly.
 
     Returns ``(noisy_labels, is_noisy)``. The flip is fixed by ``seed`` so every run of a benchmark
     sees the same corrupted dataset.

@@ -193,6 +193,7 @@ def build_noisy_corpus(
     rng = random.Random(seed)
     split = split_documents(docs)
     tokenizer = train_tokenizer(split["train"], vocab_size)
+    learned = tokenizer.get_vocab_size()  # fewer than asked for when the text is too small for vocab_size merges
     eos = tokenizer.token_to_id(EOS)
 
     def encode_docs(texts: list[str]) -> list[int]:
@@ -224,7 +225,7 @@ def build_noisy_corpus(
     for kind, count in counts.items():
         for _ in range(count):
             if kind == "random_tokens":
-                ids = [rng.randrange(vocab_size) for _ in range(block_size)]
+                ids = [rng.randrange(learned) for _ in range(block_size)]
             else:
                 if kind == "boilerplate":
                     text = boilerplate(rng, chars)
@@ -246,7 +247,7 @@ def build_noisy_corpus(
         validation=torch.tensor(validation, dtype=torch.long),
         holdout=torch.tensor(holdout, dtype=torch.long),
         tokenizer=tokenizer,
-        vocab_size=tokenizer.get_vocab_size(),
+        vocab_size=learned,
     )
 
 

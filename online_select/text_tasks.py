@@ -298,6 +298,12 @@ class NoisyCorpusLMTask(Task):
             garble_rate=float(self.options["garble_rate"]),
             seed=d.noise_seed,
         )
+        c = self.corpus
+        if d.max_train_samples:  # a random subset (seeded like the corpus), not the first blocks: they are all clean
+            rows = torch.randperm(len(c.train), generator=torch.Generator().manual_seed(d.noise_seed))[: d.max_train_samples]
+            rows = rows.sort().values
+            c.train, c.kind = c.train[rows], c.kind[rows]
+        c.validation = c.validation[: d.eval_size or None]
         self.loss = CausalLMLoss()
 
     def train_loader(self, batch_size: int, seed: int) -> TensorLoader:

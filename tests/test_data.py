@@ -24,6 +24,37 @@ def test_malformed_idx(tmp_path):
         read_idx(tmp_path / "y")
 
 
+def test_a_truncated_gzip_idx_file_is_named(tmp_path):
+    write_idx(tmp_path / "a.gz", np.zeros((50, 28, 28), dtype=np.uint8))
+    (tmp_path / "a.gz").write_bytes((tmp_path / "a.gz").read_bytes()[:40])
+    with pytest.raises(DataError, match="a.gz is not a readable gzip file"):
+        read_idx(tmp_path / "a.gz")
+    (tmp_path / "b.gz").write_bytes(b"\x00\x00\x08\x01not gzip")
+    with pytest.raises(DataError, match="b.gz is not a readable gzip file"):
+        read_idx(tmp_path / "b.gz")
+
+
+def test_hub_image_splits_read_the_named_label_column_and_name_what_is_missing():
+    import datasets
+
+    from online_select.data import hub_image_splits
+
+    def split(n):
+        images = [np.full((4, 4), i, dtype=np.uint8) for i in range(n)]
+        data = {"img": images, "fine_label": list(range(n)), "coarse_label": [i % 2 for i in range(n)]}
+        features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.Value("int64"),
+                                      "coarse_label": datasets.Value("int64")})
+        return datasets.Dataset.from_dict(data, features=features)
+
+    hub = datasets.DatasetDict({"train": split(6), "test": split(3)})
+    out = hub_image_splits(hub, "cifar-like", "fine_label")
+    assert out["train_labels"].tolist() == list(range(6)) and out["test_images"].shape == (3, 4, 4)
+    with pytest.raises(DataError, match="cifar-like has no label column 'label' .*set data.label_column"):
+        hub_image_splits(hub, "cifar-like")
+    with pytest.raises(DataError, match="no 'test' split"):
+        hub_image_splits(datasets.DatasetDict({"train": split(6)}), "cifar-like", "fine_label")
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_idx_folder(tmp_path / "missing")

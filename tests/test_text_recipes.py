@@ -41,6 +41,23 @@ def test_noisy_corpus_mixes_the_asked_fraction_of_each_junk_kind(text_folder):
     assert abs(float(corpus.noisy.float().mean()) - 0.4) < 0.03
     assert set(corpus.kind.unique().tolist()) == set(range(1 + len(JUNK_KINDS)))
     assert int(corpus.train.max()) < corpus.vocab_size
+    # A vocabulary larger than the text can learn: random-token junk stays inside the one it learnt.
+    small = build_noisy_corpus(read_text_folder(text_folder), block_size=32, vocab_size=5000, clean_blocks=20,
+                               validation_blocks=4, junk_fraction=0.5, junk_mix={"random_tokens": 1.0})
+    assert small.vocab_size < 5000 and int(small.train.max()) < small.vocab_size
+
+
+def test_the_lm_task_takes_max_train_samples_at_random_and_cuts_validation_to_eval_size(text_folder, tmp_path):
+    from online_select.config import load_config
+    from online_select.tasks import build_task
+
+    recipe = str(ROOT / "recipes" / "lm_noisy_corpus.yaml")
+    full = build_task(load_config(recipe, _lm_args(text_folder, tmp_path))).corpus
+    cut = build_task(load_config(recipe, _lm_args(text_folder, tmp_path, "data.max_train_samples=30", "data.eval_size=2"))).corpus
+    assert len(full.train) == 120 and len(cut.train) == 30 and cut.validation.shape[0] == 2
+    assert 0 < int(cut.noisy.sum()) < 30  # junk kept in proportion, not only the clean blocks that come first
+    kind_of = {tuple(row): kind for row, kind in zip(full.train.tolist(), full.kind.tolist())}
+    assert [kind_of[tuple(row)] for row in cut.train.tolist()] == cut.kind.tolist()
 
 
 def test_a_missing_text_folder_names_the_make_target_that_fetches_it(tmp_path):
