@@ -358,6 +358,7 @@ def _check_choices(config: Config) -> None:
     from .policies import POLICIES
     from .rules import RULES
     from .scorer import OBJECTIVES
+    from .telemetry import UNSCORED_POLICIES
 
     choices = {
         "selection.policy": (config.selection.policy, tuple(POLICIES)),
@@ -367,7 +368,7 @@ def _check_choices(config: Config) -> None:
         "train.schedule": (config.train.schedule, SCHEDULES),
         "selection.on_nonfinite": (config.selection.on_nonfinite, ("raise", "skip")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled", "shared")),
-        "logging.audit_oracle": (config.logging.audit_oracle, ("auto", *POLICIES)),
+        "logging.audit_oracle": (config.logging.audit_oracle, ("auto", *(p for p in POLICIES if p not in UNSCORED_POLICIES))),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

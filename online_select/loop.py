@@ -527,7 +527,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             parts = selector.select_plan(candidate, plan_steps)
             select_s = time.perf_counter() - t1  # the plan's, counted at its first step
             whole = parts[0].plan.selected if plan_steps > 1 else parts[0]
-            if telemetry is not None and telemetry.audit_due(step):
+            if telemetry is not None and telemetry.audit_due(step, plan_steps):
                 clock.pause()  # audits are telemetry: excluded from training time
                 telemetry.audit(candidate, whole)
                 clock.resume()

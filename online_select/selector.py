@@ -63,14 +63,28 @@ ID_KEYS = ("id", "ids", "idx", "index", "sample_id")
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (NaN when undefined)."""
+    """Spearman rank correlation of two 1-D tensors, tied values sharing their mean rank (NaN when undefined,
+    e.g. when either side is constant)."""
     if a.numel() < 3:
         return float("nan")
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
+    ra, rb = _mean_ranks(a), _mean_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = (ra.norm() * rb.norm()).item()
     return float((ra @ rb).item() / denom) if denom > 0 else float("nan")
+
+
+def _mean_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of ``values``, each run of equal values given the mean of its positions."""
+    order = values.argsort()
+    ordered = values[order]
+    starts_run = torch.ones(ordered.numel(), dtype=torch.bool)
+    starts_run[1:] = ordered[1:] != ordered[:-1]
+    run = starts_run.cumsum(0) - 1
+    ends = torch.bincount(run).cumsum(0)  # one past each run's last position
+    first = ends - torch.bincount(run)
+    ranks = torch.empty(values.numel(), dtype=torch.float64)
+    ranks[order] = ((first + ends - 1).double() / 2)[run]
+    return ranks
 
 
 @dataclass

@@ -38,6 +38,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batch import take
+from .batch import batch_size, take
 from .policies import Signals, get_policy
 from .selector import OnlineSelector, SelectedBatch, spearman
 
@@ -157,17 +158,23 @@ def precision_at_k(scores: torch.Tensor, oracle: torch.Tensor, k: int) -> float:
     return len(top & best) / k
 
 
+UNSCORED_POLICIES = ("uniform", "reference_filter")  # their scores are random draws, not estimates of a loss
+
+
 def oracle_policy_name(policy: str, has_reference: bool, requested: str = "auto") -> str:
     """The policy the audit compares against: ``requested`` unless ``"auto"``.
 
     ``auto`` keeps the policy itself (its estimates are swapped for the exact loss in
-    :func:`oracle_scores`); ``uniform`` has no score to audit, so it is compared with ``learnability``
-    when a reference exists and with ``large_loss`` otherwise (its precision@k is then chance level).
+    :func:`oracle_scores`); the policies whose score is a random draw (``uniform``, ``reference_filter``)
+    have none to audit, so they are compared with ``learnability`` when a reference exists and with
+    ``large_loss`` otherwise (their precision@k is then chance level).
     """
     if requested != "auto":
+        if requested in UNSCORED_POLICIES:
+            raise ValueError(f"the {requested} policy's score is a random draw: it cannot be an audit oracle")
         get_policy(requested)
         return requested
-    if policy == "uniform":
+    if policy in UNSCORED_POLICIES:
         return "learnability" if has_reference else "large_loss"
     return policy
 
@@ -180,8 +187,8 @@ def oracle_scores(
 ) -> torch.Tensor:
     """The policy's score with the exact large-model loss in place of every estimate of it."""
     oracle = get_policy(policy)
-    if oracle.name == "uniform":
-        raise ValueError("the uniform policy has no oracle score; pick one with oracle_policy_name()")
+    if oracle.name in UNSCORED_POLICIES:
+        raise ValueError(f"the {oracle.name} policy has no oracle score; pick one with oracle_policy_name()")
     if oracle.needs_reference and reference_loss is None:
         raise ValueError(f"the audit oracle {oracle.name!r} needs reference losses, and this selector has no reference")
     exact = exact_loss.detach().float().cpu()
@@ -193,6 +200,15 @@ def oracle_scores(
         reference_loss=None if reference_loss is None else reference_loss.detach().float().cpu(),
     )
     return oracle.score(signals, label_floor=label_floor).float()
+
+
+def _oracle_eligible(
+    policy: str, exact_loss: torch.Tensor, reference_loss: torch.Tensor | None, label_floor: float
+) -> torch.Tensor | None:
+    """The candidates the oracle policy would consider (its eligibility rule on the exact signals), or None: all."""
+    signals = Signals(batch_size=exact_loss.numel(), large_loss=exact_loss, predicted_loss=exact_loss,
+                      proxy_loss=exact_loss, reference_loss=reference_loss)
+    return get_policy(policy).eligible(signals, label_floor=label_floor)
 
 
 def coverage_summary(picks: torch.Tensor, appearances: torch.Tensor) -> dict[str, float]:
@@ -327,6 +343,7 @@ class SelectionTelemetry:
         self.histogram_bins = histogram_bins
         self.table_every = table_every
         self._last_table_step = 0
+        self._warned_global_audit = False
         self.generator = torch.Generator().manual_seed(seed + 104729)
         self.picks = torch.zeros(0, dtype=torch.long)
         self.appearances = torch.zeros(0, dtype=torch.long)
@@ -368,7 +385,7 @@ class SelectionTelemetry:
         self._selected_scores.append(scores[chosen][:_MAX_SCORES_PER_STEP])
         self._rejected_scores.append(scores[~chosen][:_MAX_SCORES_PER_STEP])
         self._steps += steps
-        self._candidates += selected.candidate_batch_size
+        self._candidates += batch_size(candidate_batch)  # this process's (with distributed="global" the scores are all's)
         self._large_samples += selected.k
         self._explored += int(selected.explored.sum())
         for key, value in (seconds or {}).items():
@@ -433,8 +450,10 @@ class SelectionTelemetry:
             self._last_table_step = step
         return periodic or (final and step > 0)
 
-    def audit_due(self, step: int) -> bool:
-        return bool(self.audit_every) and step % self.audit_every == 0
+    def audit_due(self, step: int, steps: int = 1) -> bool:
+        """Whether a selection for training steps ``step .. step + steps - 1`` (a plan's) is audited: one of
+        them is a multiple of ``audit_every``."""
+        return bool(self.audit_every) and (step + steps - 1) // self.audit_every > (step - 1) // self.audit_every
 
     def audit(self, candidate_batch: Any, selected: SelectedBatch) -> dict[str, float]:
         """Compare the selector's ranking with the oracle's on a random sample of the candidates.
@@ -449,6 +468,12 @@ class SelectionTelemetry:
         n = selected.candidate_batch_size
         if selected.k >= n:
             return {}  # nothing was rejected (e.g. the uniform baseline loads only k): nothing to audit
+        if batch_size(candidate_batch) != n:
+            if not self._warned_global_audit:
+                self._warned_global_audit = True
+                warnings.warn("audits are skipped with distributed='global': the scores cover every process's "
+                              "candidates, and this process holds only its own", stacklevel=2)
+            return {}
         m = min(self.audit_size, n)
         rows = torch.randperm(n, generator=self.generator)[:m].sort().values
         with torch.inference_mode():
@@ -459,6 +484,11 @@ class SelectionTelemetry:
         reference = None if selected.reference_loss is None else selected.reference_loss.detach().float().cpu()[rows]
         oracle = oracle_scores(self.oracle, exact, reference, self.selector.label_floor)
         scores = selected.scores.detach().float().cpu()[rows]
+        if selected.eligible is not None:  # the selector never picks the ineligible, whatever their score
+            scores = scores.masked_fill(~selected.eligible.cpu()[rows], float("-inf"))
+        oracle_eligible = _oracle_eligible(self.oracle, exact, reference, self.selector.label_floor)
+        if oracle_eligible is not None:
+            oracle = oracle.masked_fill(~oracle_eligible, float("-inf"))
         k = max(1, min(m, round(selected.k / n * m)))
         result = {
             "precision_at_k": precision_at_k(scores, oracle, k),

@@ -109,7 +109,8 @@ def test_bad_values_are_named_when_the_recipe_loads(override, message):
     ("train.schedule=cosin", "train.schedule='cosin' is not one of constant, cosine, linear"),
     ("selection.on_nonfinite=ignore", "selection.on_nonfinite='ignore' is not one of raise, skip"),
     ("logging.wandb_mode=offlne", "logging.wandb_mode='offlne' is not one of offline, online, disabled, shared"),
-    ("logging.audit_oracle=learnabilty", "logging.audit_oracle='learnabilty' is not one of auto, uniform,"),
+    ("logging.audit_oracle=learnabilty", "logging.audit_oracle='learnabilty' is not one of auto, large_loss,"),
+    ("logging.audit_oracle=uniform", "logging.audit_oracle='uniform' is not one of auto, large_loss,"),
 ])
 def test_a_setting_with_fixed_choices_is_checked_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -80,8 +80,11 @@ def test_oracle_is_the_policy_with_exact_losses():
     assert oracle_policy_name("uniform", has_reference=True) == "learnability"
     assert oracle_policy_name("predicted_learnability", True) == "predicted_learnability"
     assert oracle_policy_name("predicted_loss", False, requested="large_loss") == "large_loss"
+    assert oracle_policy_name("reference_filter", has_reference=True) == "learnability"
     with pytest.raises(ValueError, match="unknown policy"):
         oracle_policy_name("predicted_loss", False, requested="nope")
+    with pytest.raises(ValueError, match="the uniform policy's score is a random draw"):
+        oracle_policy_name("predicted_loss", False, requested="uniform")
     with pytest.raises(ValueError, match="needs reference"):
         oracle_scores("learnability", exact)
 
@@ -158,6 +161,46 @@ def test_uniform_selection_audits_near_chance():
         precisions.append(telemetry.audit(batch, selected)["precision_at_k"])
         selector.observe(selected, _exact_loss(selected.batch))
     assert 0.1 < sum(precisions) / len(precisions) < 0.4  # chance is 16/64
+
+
+def test_spearman_gives_ties_their_mean_rank_and_nan_for_a_constant_side():
+    from online_select.selector import spearman
+
+    # ranks (0.5, 0.5, 2.5, 2.5) against (0, 1, 2, 3): 4 / (2 * sqrt(5))
+    assert spearman(torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.arange(4.0)) == pytest.approx(2 / 5**0.5)
+    assert spearman(torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([2.0, 1.0, 3.0, 0.0])) == pytest.approx(2 / 5**0.5)
+    assert spearman(torch.zeros(8), torch.arange(8.0)) != spearman(torch.zeros(8), torch.arange(8.0))  # NaN
+
+
+def test_plans_are_audited_when_one_of_their_steps_is_due():
+    telemetry = SelectionTelemetry(OnlineSelector("uniform", keep=4), large_loss_fn=_exact_loss, audit_every=200)
+    assert [step for step in range(1, 801, 4) if telemetry.audit_due(step, 4)] == [197, 397, 597, 797]
+    assert [step for step in range(1, 801) if telemetry.audit_due(step)] == [200, 400, 600, 800]
+
+
+def test_a_reference_filter_audit_ranks_only_what_the_filter_lets_through():
+    # The odd ids' labels are implausible (p_ref = exp(-5)); the filter never picks them, whatever their random score.
+    reference = ReferenceTable(torch.where(torch.arange(500) % 2 == 1, 5.0, 0.1))
+    selector = OnlineSelector("reference_filter", keep=16, reference=reference, label_floor=0.05)
+    telemetry = SelectionTelemetry(selector, large_loss_fn=_exact_loss, audit_every=1, audit_size=64, noise_key="odd")
+    assert telemetry.oracle == "learnability"
+    for batch in _stream(5):
+        batch["odd"] = batch["id"] % 2 == 1
+        result = telemetry.audit(batch, selector.select(batch))
+        assert result["selector_noisy_share"] == 0.0 and result["oracle_noisy_share"] == 0.0
+
+
+def test_an_audit_of_candidates_other_than_the_scored_ones_is_skipped_with_a_warning():
+    # As with distributed="global", where the scores cover every process's candidates and this one holds its own.
+    selector = OnlineSelector("large_loss", keep=4, large_loss_fn=_exact_loss)
+    telemetry = SelectionTelemetry(selector, large_loss_fn=_exact_loss, audit_every=1)
+    batch = next(_stream(1))
+    selected = selector.select(batch)
+    own = {key: value[:16] for key, value in batch.items()}
+    with pytest.warns(UserWarning, match="audits are skipped with distributed='global'"):
+        assert telemetry.audit(own, selected) == {}
+    telemetry.record_step(own, selected)
+    assert telemetry.step_metrics()["selection/keep_ratio"] == 4 / 16
 
 
 def test_telemetry_never_changes_the_selection():
