@@ -211,14 +211,14 @@ def bench_table(runs: dict[str, list[RunSummary]]) -> str:
         steps, secs, step_ratio, time_ratio = zip(
             *(_speedups(run, uniform[run.seed], uniform[run.seed].best) for run in summaries)
         )
-        noisy = _fmt([r.noisy_share for r in summaries], 1, 100)
+        noisy = _fmt([r.noisy_share for r in summaries], 1, 100, missing="–")
         spearman = _fmt([r.spearman for r in summaries], 2, missing="–")
-        base = _fmt([r.base_noisy_share for r in summaries], 1, 100)
+        base = _fmt([r.base_noisy_share for r in summaries], 1, 100, missing="–")
         rows.append(
             f"| {policy} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | {_fmt(list(secs), 1)} | "
             f"{_ratio(list(time_ratio))} | {_fmt([r.best for r in summaries], digits, scale)} | "
-            f"{_fmt([r.final for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1)} | "
-            f"{_fmt([r.step_ms for r in summaries], 1)} | {noisy} ({base}) | {spearman} |"
+            f"{_fmt([r.final for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1, missing='–')} | "
+            f"{_fmt([r.step_ms for r in summaries], 1, missing='–')} | {noisy} ({base}) | {spearman} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -244,7 +244,7 @@ def targets_table(runs: dict[str, list[RunSummary]], targets: list[float], basel
     comparison = runs[baseline][0].comparison
     digits, scale = comparison.digits_scale
     header = "| policy | " + " | ".join(
-        f"{comparison.label.replace(' %', '')} {target * scale:.{max(digits - 2, 0)}f}: steps (speed-up) / seconds (speed-up)"
+        f"{comparison.label.replace(' %', '')} {round(target * scale, 10):g}: steps (speed-up) / seconds (speed-up)"
         for target in targets
     )
     lines = [header + " |", "|---|" + "---|" * len(targets)]
@@ -533,7 +533,8 @@ def run_bench(
         f"Recipe task={config.task}{noise}, B={sel.candidate_batch_size}, k={sel.keep}, "
         f"{steps_text}{evals}, schedule={config.train.schedule}, seeds={seeds}; "
         f"{comparison.metric} ({'higher' if comparison.mode == 'max' else 'lower'} is better), "
-        f"smoothed over {comparison.smooth} eval(s)\n\n"
+        f"smoothed over {comparison.smooth} eval(s): best, final and the steps to each target are read from the "
+        "smoothed curve (`online-select report` shows the raw evals)\n\n"
     )
     baseline = best_budget(runs) if per_run else "uniform"
     report = heading + (budget_table(runs, budget_of) if per_run else bench_table(runs))

@@ -158,6 +158,9 @@ def test_targets_table_and_missing_speedups():
     assert "| fast | 10 (1.00x) / 1.0 (1.00x) | 10 (3.00x) / 1.0 (3.00x) |" in table
     assert "| slow | never (–) / never (–) | never (–) / never (–) |" in table
     assert "| slow | never | – | never | – |" in bench_table(runs)
+    assert "| 40.00 | 40.00 | – | 100.0 | – (–) | – |" in bench_table(runs)  # no overhead, noisy share or Spearman: not "never"
+    header = targets_table(runs, [0.855, 0.86]).splitlines()[0]
+    assert "acc 85.5: steps" in header and "acc 86: steps" in header
     # Two seeds, one of which never gets there: the steps cell says so once, the speed-up is the one seed's.
     two = {
         "uniform": [summarise_run("uniform", s, curve([0.1, 0.5, 0.7, 0.8])) for s in (0, 1)],
