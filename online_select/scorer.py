@@ -79,7 +79,8 @@ class Scorer:
             ``[B, D]`` features; trained jointly with the head.
         model_input: picks the small model's input from a batch (default: field 0 or ``"input"``).
         head: maps the feature vector to one predicted loss; default a 32-unit MLP, built lazily
-            once the feature width is known.
+            once the feature width is known, its weights drawn from torch's global RNG then (call
+            ``torch.manual_seed`` first for repeatable runs, as the ready loop does).
         optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr), fused where it can be.
         objective: ``"rank_mse"`` (default: a pairwise ranking loss plus MSE so predictions stay on the
             loss scale; it ranked best in ``benchmarks/scorer_study.py``), ``"mse"`` or ``"huber"``.

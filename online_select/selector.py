@@ -59,6 +59,10 @@ FLAT_SHARE = 0.9
 class FlatScoresWarning(UserWarning):
     """Sampling at this temperature picks nearly at random: the scores vary far less than the temperature."""
 
+class ExplorationWarning(UserWarning):
+    """The exploration share rounds to no pick at this k: the scorer sees only the samples its scores chose."""
+
+
 ID_KEYS = ("id", "ids", "idx", "index", "sample_id")
 
 
@@ -398,6 +402,7 @@ class OnlineSelector:
         self._spreads: list[float] = []  # the eligible scores' spread on each sampled step of the current window
         self._spread_inputs: list[tuple[torch.Tensor, torch.Tensor | None, float]] = []  # steps not measured yet
         self._flat_warned = False
+        self._explore_checked = False
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
         self._plan: _Plan | None = None
@@ -463,7 +468,7 @@ class OnlineSelector:
             return self._select_global(group, candidate_batch, ids, n, start)
         k = resolve_keep(self.keep, n) if group is None else local_keep(self.keep, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
-        scores, selection, eligible = self._choose(signals, k)
+        scores, selection, eligible = self._choose(signals, k, stacklevel=3)
         selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
         selected.eligible = eligible
         return selected
@@ -653,9 +658,21 @@ class OnlineSelector:
             signals.proxy_loss = check_per_sample_loss(self.proxy.losses(candidate_batch), n, "the proxy's loss")
         return signals, features, predicted, reference_loss
 
-    def _choose(self, signals: Signals, k: int) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:
-        """Scores, the selection rule's pick and the eligible mask over the candidates the signals describe."""
+    def _choose(
+        self, signals: Signals, k: int, stacklevel: int = 4
+    ) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:
+        """Scores, the selection rule's pick and the eligible mask over the candidates the signals describe
+        (``stacklevel`` points a warning at the user's call)."""
         n = signals.batch_size
+        if not self._explore_checked:
+            self._explore_checked = True
+            if self.explore > 0 and self.scorer is not None and round(self.explore * k) == 0:
+                warnings.warn(
+                    f"explore={self.explore:g} of k={k} rounds to no exploration pick, so the scorer learns only from "
+                    f"the samples its own scores chose (biased targets): use explore >= {1 / k:.2g} or a larger k",
+                    ExplorationWarning,
+                    stacklevel=stacklevel,
+                )
         eligible = self.policy.eligible(signals, label_floor=self.label_floor)
         if self.step < self.warmup_steps:
             scores = torch.rand(n, generator=self.generator)
@@ -1196,7 +1213,10 @@ class OnlineSelector:
         return out
 
     def state_dict(self) -> dict:
-        """Everything needed to continue selection exactly: scorer, proxy, reference, RNG, counters."""
+        """Everything needed to continue selection exactly: scorer, proxy, reference, RNG, counters.
+
+        As with ``nn.Module.state_dict``, the scorer's tensors are the live ones: save it (``torch.save``) or
+        ``copy.deepcopy`` it to keep a snapshot in memory."""
         if self._plan is not None and self._plan.open:
             raise RuntimeError(
                 "the selector's state is saved between plans: observe every part of the last select_plan first, "

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from online_select import (
     ClassificationLoss,
+    ExplorationWarning,
     FlatScoresWarning,
     LossShapeError,
     NonFiniteLossError,
@@ -172,6 +173,17 @@ def test_ids_come_from_a_batch_encoding_and_fields_that_are_not_ids_are_named():
         _selector().select(hashes)
     with pytest.raises(ValueError, match=r"sample ids read from ids=: expected 16 sample ids"):
         _selector().select(batch, ids=torch.arange(3))
+
+
+def test_exploration_that_rounds_to_no_pick_warns_once():
+    selector = _selector(explore=0.125)
+    selector.keep = 4
+    with pytest.warns(ExplorationWarning, match=r"explore=0.125 of k=4 rounds to no exploration pick"):
+        selector.select(_batch())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selector.select(_batch(start=32))
+        _selector(explore=0.125).select(_batch())  # k = 8: one exploration pick
 
 
 def test_k_larger_than_batch():
