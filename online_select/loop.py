@@ -428,8 +428,17 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     tables_path = out_dir / "selection_tables.jsonl"
     resume_from = _resume_target(config.train.resume, ckpt_root)
     if resume_from is not None:
-        start_step = int(load_accelerator_checkpoint(accelerator, resume_from)["step"])
+        meta = load_accelerator_checkpoint(accelerator, resume_from)
+        start_step = int(meta["step"])
         accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
+        changed = _changed_settings(meta.get("config"), config_to_dict(config))
+        if changed:
+            warnings.warn(
+                f"online_select: resumed with settings other than the checkpointed run's ({'; '.join(changed)}): the "
+                "model, the optimizer with its learning rate and weight decay, the schedule's position and the selector "
+                "continue from the checkpoint",
+                stacklevel=2,
+            )
     elif config.train.resume == "auto":
         accelerator.print(f"online_select: no complete checkpoint in {ckpt_root}; starting from step 0")
     if accelerator.is_main_process:
@@ -502,7 +511,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         clock.pause()
         selector.check_synchronized()
         run_state.gather_tally(accelerator)
-        meta = {"distributed": sel_cfg.distributed, "policy": sel_cfg.policy}
+        meta = {"distributed": sel_cfg.distributed, "policy": sel_cfg.policy, "config": config_to_dict(config)}
         save_accelerator_checkpoint(accelerator, ckpt_root, step, config.train.keep_checkpoints, meta)
         clock.resume()
 
@@ -719,6 +728,19 @@ def _discard_earlier_run(ckpt_root: Path, accelerator: Any) -> None:
         accelerator.print(f"online_select: starting fresh; removing {len(old)} earlier checkpoint(s) in {ckpt_root}")
         for path in old:
             shutil.rmtree(path)
+
+
+def _changed_settings(saved: dict | None, current: dict) -> list[str]:
+    """``key: old -> new`` for each setting that differs from a checkpoint's (where to resume from and how the
+    run reports its progress aside); nothing for checkpoints written before their config was saved in them."""
+    if saved is None:
+        return []
+    before, after = _flat(saved), _flat(current)
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and key not in ("train.resume", "train.progress")
+    ]
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

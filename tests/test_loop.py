@@ -1,5 +1,8 @@
 """The ready loop's own guards."""
 
+import warnings
+
+import pytest
 import torch
 
 from online_select.config import load_config
@@ -52,3 +55,15 @@ def test_uniform_with_a_keep_ratio_trains_on_k_samples_a_step(tiny_idx_folder, t
     task.loss = lambda model, batch: trained.append(len(batch["id"])) or loss(model, batch)
     train(config, task)
     assert trained == [16] * 5  # 0.25 of the 64 candidates, as every other policy: not 0.25 of the 16 it loads
+
+
+def test_a_resume_with_other_settings_names_them(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    first = small_run(tiny_idx_folder, out, "train.max_steps=10", "train.checkpoint_every=5", "train.eval_every=5")
+    train(load_config(RECIPE, first))
+    with pytest.warns(UserWarning, match=r"resumed with settings other than the checkpointed run's \(train.lr: 0.001 -> "
+                                         r"0.002; train.max_steps: 10 -> 12\): the model, the optimizer"):
+        train(load_config(RECIPE, [*first, "train.resume=auto", "train.max_steps=12", "train.lr=0.002"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*resumed with settings")
+        train(load_config(RECIPE, [*first, "train.resume=auto", "train.max_steps=12", "train.lr=0.002"]))

@@ -127,6 +127,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tiny_
     assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step-00000035", "step-00000040"]
 
 
+@pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")  # it extends the run on resume
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_in_use(tiny_idx_folder, tmp_path, capsys):
     from online_select.cli import main
 
