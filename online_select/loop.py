@@ -731,15 +731,15 @@ def _discard_earlier_run(ckpt_root: Path, accelerator: Any) -> None:
 
 
 def _changed_settings(saved: dict | None, current: dict) -> list[str]:
-    """``key: old -> new`` for each setting that differs from a checkpoint's (where to resume from and how the
-    run reports its progress aside); nothing for checkpoints written before their config was saved in them."""
+    """``key: old -> new`` for each setting that differs from a checkpoint's (where the run writes, where it resumes
+    from and whether it shows progress aside); nothing for checkpoints written before their config was saved in them."""
     if saved is None:
         return []
     before, after = _flat(saved), _flat(current)
     return [
         f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
         for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key) and key not in ("train.resume", "train.progress")
+        if before.get(key) != after.get(key) and key not in ("output_dir", "train.resume", "train.progress")
     ]
 
 
