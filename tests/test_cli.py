@@ -52,6 +52,7 @@ def test_reference_table_is_saved_and_reusable(tiny_idx_folder, tmp_path, capsys
                  ["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.kind=file", f"reference.path={bad}")])
 
 
+@pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")  # it extends the run on resume
 def test_resume_auto_continues_from_the_newest_checkpoint(tiny_idx_folder, tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", str(RECIPE), *_small(tiny_idx_folder, out, "train.max_steps=15")])
