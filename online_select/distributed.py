@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .batch import BatchError, map_fields, take
+from .batch import BatchError, map_fields, per_sample_fields, take
 from .rules import resolve_keep
 
 __all__ = [
@@ -263,9 +263,9 @@ def field_specs(batch: Any) -> list[FieldSpec]:
                 FieldSpec(path, "tensor", str(value.dtype), per_sample, math.prod(per_sample) * value.element_size())
             )
         elif isinstance(value, np.ndarray):
-            if value.dtype.hasobject:
+            if value.dtype.kind not in "biufc":  # object, text ('U', 'S'), dates...: torch has no such dtype
                 raise BatchError(
-                    f"{path} is a numpy object array; selection across processes moves samples as bytes: "
+                    f"{path} is a numpy array of {value.dtype}; selection across processes moves samples as bytes: "
                     "use a tensor, a numeric array or a list"
                 )
             per_sample = tuple(value.shape[1:])
@@ -291,9 +291,11 @@ def describe_fields(specs: Sequence[FieldSpec]) -> str:
 
 
 def pack_rows(batch: Any, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The tensor and array fields of ``batch`` as bytes, one ``uint8`` row per sample."""
+    """The tensor and array fields of ``batch`` as bytes, one ``uint8`` row per sample (rows of width 0 for a batch
+    of lists only)."""
     parts: list[torch.Tensor] = []
-    rows = [0]
+    fields = per_sample_fields(batch)  # not batch_size(): a process may send no rows at all
+    rows = [fields[0][1] if fields else 0]
 
     def visit(path: str, value: Any) -> Any:
         if isinstance(value, np.ndarray):

@@ -38,6 +38,7 @@ import torch
 import yaml
 
 from .checkpoint import (
+    CheckpointError,
     GeneratorState,
     ProcessRNG,
     find_latest_checkpoint,
@@ -429,6 +430,13 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     resume_from = _resume_target(config.train.resume, ckpt_root)
     if resume_from is not None:
         meta = load_accelerator_checkpoint(accelerator, resume_from)
+        saved_mode = meta.get("distributed", sel_cfg.distributed)
+        if accelerator.num_processes > 1 and saved_mode != sel_cfg.distributed:
+            # local gives every process its own random stream and global one shared stream: the saved streams fit one
+            raise CheckpointError(
+                f"{resume_from} was written with selection.distributed={saved_mode!r}; resume with the same mode, not "
+                f"{sel_cfg.distributed!r} (the processes' random streams depend on it)"
+            )
         start_step = int(meta["step"])
         accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
         changed = _changed_settings(meta.get("config"), config_to_dict(config))

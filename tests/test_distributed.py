@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from online_select import NonFiniteLossError, OnlineSelector, ReferenceTable, Scorer, take
-from online_select.checkpoint import read_meta
+from online_select.batch import BatchError
+from online_select.checkpoint import CheckpointError, read_meta
 from online_select.config import load_config
 from online_select.data import TensorLoader
 from online_select.distributed import (
@@ -108,6 +109,12 @@ def test_pack_and_unpack_rows_keep_every_field_exactly():
     assert back["weight"].dtype == np.float64 and np.array_equal(back["weight"], sub["weight"])
     assert back["text"] == ["s4", "s1", "s5"] and back["scale"] == 3.0
     assert torch.equal(back["pair"][0], torch.tensor([4, 1, 5])) and back["pair"][1].shape == (3, 0)
+
+
+def test_a_batch_of_lists_packs_to_empty_rows_and_text_arrays_are_refused():
+    assert pack_rows({"text": ["a", "b", "c"], "id": [1, 2, 3]}).shape == (3, 0)  # one row per sample still
+    with pytest.raises(BatchError, match=r"batch\['text'\] is a numpy array of <U2; .* use a tensor, a numeric array or a list"):
+        field_specs({"x": torch.zeros(2, 3), "text": np.array(["ab", "cd"])})
 
 
 def test_sharded_loader_is_the_single_process_batch_split_in_rank_order():
@@ -487,6 +494,10 @@ def _loop_worker(folder, out):
         shutil.rmtree(f"{between}/checkpoints/step-00000008")
     dist.barrier()
     train(load_config(RECIPE, args + ["train.resume=auto"]))
+    try:  # local and global keep their random streams differently: a resume in the other mode is refused
+        train(load_config(RECIPE, args + ["train.resume=auto", "train.max_steps=10", "selection.distributed=global"]))
+    except CheckpointError as error:
+        Path(f"{out}/mode-switch-{dist.get_rank()}.txt").write_text(str(error))
     faulthandler.cancel_dump_traceback_later()
 
 
@@ -506,6 +517,9 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
         assert {"random_states_0.pkl", "random_states_1.pkl", "online_select_process_1.pt"} <= set(meta["files"])
         # one scheduler step per optimizer step, not one per process
         assert torch.load(checkpoint / "scheduler.bin", weights_only=True)["last_epoch"] == 8
+    for rank in (0, 1):
+        assert "written with selection.distributed='local'; resume with the same mode" in (
+            tmp_path / f"mode-switch-{rank}.txt").read_text()
     plans = tmp_path / "local-plans"
     assert [json.loads(line)["step"] for line in (plans / "metrics.jsonl").read_text().splitlines()] == [0, 4, 8]
     trace = [json.loads(line) for line in (plans / "selection_trace.jsonl").read_text().splitlines()]
