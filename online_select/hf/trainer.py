@@ -10,6 +10,7 @@ selection of a whole gradient-accumulation window happens before its first forwa
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 from collections import deque
@@ -36,6 +37,7 @@ __all__ = ["SelectiveTrainer", "SELECTOR_STATE_NAME"]
 logger = logging.getLogger(__name__)
 
 SELECTOR_STATE_NAME = "selector_state.pt"
+WORLD_SIZE_KEY = "trainer/world_size"
 SKIPPED_UPDATES_KEY = "trainer/skipped_updates"
 
 
@@ -415,7 +417,7 @@ class SelectiveTrainer(Trainer):
         the model."""
         before = self.selector.nonfinite_losses if self.selector is not None else 0
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.selector is not None and self.selector.nonfinite_losses > before and not finite_gradients(model):
+        if self.selector is not None and self.selector.nonfinite_losses > before and not self._gradients_finite(model):
             model.zero_grad(set_to_none=True)
             self.skipped_updates += 1
             logger.warning(
@@ -423,6 +425,17 @@ class SelectiveTrainer(Trainer):
                 self.state.global_step, self.selector.nonfinite_losses - before,
             )
         return loss
+
+    def _gradients_finite(self, model) -> bool:
+        """Whether every process's gradients are finite. Inside an accumulation window DDP has not reduced them
+        yet, so one process's NaN is its own: all processes must drop theirs together, or the window's update
+        would keep the others' share of the micro-step it drops. (Every process gets here together: the
+        selector's non-finite count comes from every process's losses.)"""
+        finite = finite_gradients(model)
+        if self.args.world_size == 1:
+            return finite
+        flags = self.accelerator.gather(torch.tensor([finite], device=self.args.device))
+        return bool(flags.all())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         return super().prediction_step(model, self._strip(inputs), prediction_loss_only, ignore_keys=ignore_keys)
@@ -459,6 +472,7 @@ class SelectiveTrainer(Trainer):
             tmp = f"{path}.tmp-{os.getpid()}"
             state = self.selector.state_dict()
             state[SKIPPED_UPDATES_KEY] = self.skipped_updates  # the selector's load leaves keys it does not know alone
+            state[WORLD_SIZE_KEY] = self.args.world_size
             try:
                 write_loadable(state, tmp)
             except Exception:
@@ -474,11 +488,22 @@ class SelectiveTrainer(Trainer):
         """Restore the selector from a checkpoint folder; False if it has no selector state."""
         path = self._selector_state_file(checkpoint)
         if not os.path.isfile(path):
+            if glob.glob(os.path.join(glob.escape(checkpoint), "selector_state*.pt")):
+                raise CheckpointError(
+                    f"{checkpoint} holds the selector states of another number of processes than this run's "
+                    f"{self.args.world_size}: resume with the number that wrote it"
+                )
             return False
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # truncated, corrupt or not a weights-only file: say which file, not torch's internals
             raise CheckpointError(f"the selector state {path} cannot be read: {error}") from error
+        written_by = int(state.pop(WORLD_SIZE_KEY, self.args.world_size))  # absent in checkpoints written before it
+        if written_by != self.args.world_size:
+            raise CheckpointError(
+                f"{path} was written by {written_by} processes but this run has {self.args.world_size}: resume with "
+                f"{written_by} (every process keeps its part of the selector's state)"
+            )
         self.skipped_updates = int(state.pop(SKIPPED_UPDATES_KEY, 0))  # absent in checkpoints written before it
         self.selector.load_state_dict(state)
         return True
