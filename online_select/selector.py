@@ -100,9 +100,10 @@ class SelectedBatch:
     ``explored`` marks uniformly random exploration picks; ``scores`` are all B candidates' scores.
 
     With ``distributed="global"`` across processes, ``selection_order`` holds the positions of this
-    process's samples in the global selection; ``indices``, ``scores``, ``ids`` and
-    ``candidate_batch_size`` then refer to the candidates of all processes concatenated in rank order,
-    and ``features``/``predicted_loss``/``reference_loss`` to this process's selected samples only.
+    process's samples in the global selection and ``global_indices`` every process's picks; ``indices``,
+    ``scores``, ``ids`` and ``candidate_batch_size`` then refer to the candidates of all processes
+    concatenated in rank order, and ``features``/``predicted_loss``/``reference_loss`` to this process's
+    selected samples only.
     """
 
     batch: Any
@@ -119,6 +120,7 @@ class SelectedBatch:
     eligible: torch.Tensor | None = field(default=None, repr=False)
     timings: dict = field(default_factory=dict)
     selection_order: torch.Tensor | None = field(default=None, repr=False)
+    global_indices: torch.Tensor | None = field(default=None, repr=False)
     plan: _Plan | None = field(default=None, repr=False)
     observed: bool = field(default=False, repr=False)
 
@@ -804,6 +806,7 @@ class OnlineSelector:
             eligible=eligible,
             timings={"select_s": time.perf_counter() - start},
             selection_order=mine,
+            global_indices=selection.indices,
         )
 
     def _package(

@@ -358,6 +358,7 @@ class SelectionTelemetry:
         self._steps = 0
         self._candidates = 0
         self._large_samples = 0
+        self._own_picks = 0  # this process's (every process's picks are in _large_samples under distributed="global")
         self._explored = 0
         self._scores: list[np.ndarray] = []
         self._selected_scores: list[np.ndarray] = []
@@ -378,15 +379,17 @@ class SelectionTelemetry:
         ``steps``: how many training steps the selection was for (a plan's, summed in ``seconds``)."""
         start = time.perf_counter()
         scores = selected.scores.detach().cpu().numpy()
-        indices = selected.indices.cpu()
+        # Every process's picks under distributed="global", where the scores are every process's candidates'.
+        indices = (selected.indices if selected.global_indices is None else selected.global_indices).cpu()
         chosen = np.zeros(scores.shape[0], dtype=bool)
         chosen[indices.numpy()] = True
         self._scores.append(scores[:_MAX_SCORES_PER_STEP].copy())
         self._selected_scores.append(scores[chosen][:_MAX_SCORES_PER_STEP])
         self._rejected_scores.append(scores[~chosen][:_MAX_SCORES_PER_STEP])
         self._steps += steps
-        self._candidates += batch_size(candidate_batch)  # this process's (with distributed="global" the scores are all's)
-        self._large_samples += selected.k
+        self._candidates += selected.candidate_batch_size
+        self._large_samples += indices.numel()
+        self._own_picks += selected.k
         self._explored += int(selected.explored.sum())
         for key, value in (seconds or {}).items():
             self._time[key] = self._time.get(key, 0.0) + value
@@ -515,7 +518,7 @@ class SelectionTelemetry:
         start = time.perf_counter()
         out: dict[str, Any] = {
             "selection/keep_ratio": self._large_samples / max(self._candidates, 1),
-            "selection/explore_share": self._explored / max(self._large_samples, 1),
+            "selection/explore_share": self._explored / max(self._own_picks, 1),
             "selection/large_samples": float(self._large_samples),
         }
         for key, seconds in self._time.items():
@@ -608,6 +611,7 @@ class SelectionTelemetry:
                 "steps": self._steps,
                 "candidates": self._candidates,
                 "large_samples": self._large_samples,
+                "own_picks": self._own_picks,
                 "explored": self._explored,
                 "time": dict(self._time),
                 "scores": [torch.from_numpy(a.copy()) for a in self._scores],
@@ -630,6 +634,7 @@ class SelectionTelemetry:
         self._steps = int(window["steps"])
         self._candidates = int(window["candidates"])
         self._large_samples = int(window["large_samples"])
+        self._own_picks = int(window.get("own_picks", window["large_samples"]))  # states written before it: one process
         self._explored = int(window["explored"])
         self._time = dict(window["time"])
         self._scores = [t.numpy().copy() for t in window["scores"]]

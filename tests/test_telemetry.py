@@ -199,8 +199,18 @@ def test_an_audit_of_candidates_other_than_the_scored_ones_is_skipped_with_a_war
     own = {key: value[:16] for key, value in batch.items()}
     with pytest.warns(UserWarning, match="audits are skipped with distributed='global'"):
         assert telemetry.audit(own, selected) == {}
-    telemetry.record_step(own, selected)
-    assert telemetry.step_metrics()["selection/keep_ratio"] == 4 / 16
+
+
+def test_a_global_selection_is_recorded_with_every_processs_picks():
+    # Process 0 of 2 trains 2 of the 4 global picks among 16 candidates (8 each); the others' picks are not rejected.
+    selected = _selected([float(i) for i in range(16)], [15, 3], [False, True], ids=list(range(16)))
+    selected.global_indices = torch.tensor([15, 3, 14, 9])
+    telemetry = SelectionTelemetry(OnlineSelector("uniform", keep=2))
+    telemetry.record_step(None, selected)
+    metrics = telemetry.step_metrics()
+    assert metrics["selection/keep_ratio"] == 4 / 16 and metrics["selection/explore_share"] == 1 / 2
+    assert metrics["selection/selected_score_mean"] == pytest.approx((15 + 3 + 14 + 9) / 4)
+    assert int(telemetry.picks.sum()) == 4
 
 
 def test_telemetry_never_changes_the_selection():

@@ -193,6 +193,7 @@ def test_telemetry_does_not_change_training(tiny_idx_folder, tmp_path):
     assert "audit/precision_at_k" in finals[0] and "audit/precision_at_k" not in finals[1]
 
 
+@pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")  # it extends the run on resume
 def test_resume_keeps_the_pick_counts(tiny_idx_folder, tmp_path):
     whole = train(load_config(RECIPE, _overrides(tiny_idx_folder, tmp_path / "whole", "logging.trackers=[]")))
     args = _overrides(tiny_idx_folder, tmp_path / "split", "logging.trackers=[]")
