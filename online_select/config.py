@@ -82,8 +82,8 @@ class DataConfig:
     eval_size: int = 10000
     noise_seed: int = 1234  # the corruption is part of the dataset: fixed across run seeds
     max_train_samples: int = 0  # 0: all
-    text_column: str = "text"
-    label_column: str = "label"  # text tasks, and hub image datasets (source: hub)
+    text_column: str = "text"  # hub text datasets' text column (rotten_tomatoes)
+    label_column: str = "label"  # hub datasets' label column (images, rotten_tomatoes)
     max_length: int = 64
     extra: dict = field(default_factory=dict)
 
@@ -103,7 +103,7 @@ class ModelConfig:
 class ScorerConfig:
     """The co-trained scorer (see :class:`online_select.Scorer`)."""
 
-    hidden: int = 32
+    hidden: int = 32  # the head's width, and the input model's (scorer.model) if there is one
     lr: float = 3e-3
     objective: str = "rank_mse"
     use_memory: bool = True

@@ -104,6 +104,7 @@ def build_selector(
         scorer = Scorer(
             task.scorer_model(config.scorer.model),
             lr=config.scorer.lr,
+            hidden=config.scorer.hidden,
             objective=config.scorer.objective,
             use_memory=config.scorer.use_memory,
             age_scale=config.scorer.age_scale,

@@ -78,9 +78,10 @@ class Scorer:
         model: optional small ``nn.Module`` applied to ``model_input(candidate_batch)``, returning
             ``[B, D]`` features; trained jointly with the head.
         model_input: picks the small model's input from a batch (default: field 0 or ``"input"``).
-        head: maps the feature vector to one predicted loss; default a 32-unit MLP, built lazily
+        head: maps the feature vector to one predicted loss; default an MLP of ``hidden`` units, built lazily
             once the feature width is known, its weights drawn from torch's global RNG then (call
             ``torch.manual_seed`` first for repeatable runs, as the ready loop does).
+        hidden: the default head's width.
         optimizer: factory ``params -> Optimizer`` for the head (and model); default Adam(lr), fused where it can be.
         objective: ``"rank_mse"`` (default: a pairwise ranking loss plus MSE so predictions stay on the
             loss scale; it ranked best in ``benchmarks/scorer_study.py``), ``"mse"`` or ``"huber"``.
@@ -98,6 +99,7 @@ class Scorer:
         head: nn.Module | None = None,
         optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
         lr: float = 3e-3,
+        hidden: int = 32,
         objective: str = "rank_mse",
         use_memory: bool = True,
         age_scale: float = 1000.0,
@@ -110,6 +112,7 @@ class Scorer:
         self.model = model
         self.model_input = model_input or _default_input
         self.head = head
+        self.hidden = int(hidden)
         self.make_optimizer = optimizer or (lambda params: default_optimizer(params, lr))
         self.objective = objective
         self.use_memory = use_memory
@@ -132,7 +135,7 @@ class Scorer:
         self.num_features = num_features
         self.norm = RunningNorm(num_features)
         if self.head is None:
-            self.head = default_head(num_features)
+            self.head = default_head(num_features, self.hidden)
         params = list(self.head.parameters())
         if self.model is not None:
             params += list(self.model.parameters())

@@ -4,7 +4,8 @@
     losses = loss_fn(model(selected.batch), ...)          # per-sample, reduction="none"
     loss = selector.observe(selected, losses)             # weighted mean; the scorer learns
 
-or, to score several steps' candidates in one pass (fewer small ops per step; one process):
+or, to score several steps' candidates in one pass (fewer small ops per step; across processes with
+``distributed="local"``):
 
     for part in selector.select_plan(candidate_batch, steps=4):   # 4 steps' candidates at once
         loss = selector.observe(part, loss_fn(model(part.batch), ...))
@@ -275,8 +276,8 @@ class OnlineSelector:
         policy: a name from :data:`online_select.POLICIES` or a :class:`Policy`.
         keep: k as a count, or a ratio of the candidate batch in (0, 1].
         scorer: the co-trained :class:`Scorer` (needed by ``predicted_*`` policies).
-        reference: a :class:`Reference` (needed by ``reducible_loss`` and ``*learnability``); its
-            features also feed the scorer.
+        reference: a :class:`Reference` (needed by ``reducible_loss``, ``*learnability`` and
+            ``reference_filter``); its features also feed the scorer.
         large_loss_fn: ``candidate_batch -> per-sample losses`` of the large model (needed only by
             policies that score with the large model itself, e.g. ``reducible_loss``).
         proxy: a :class:`ProxyModel` for the ``proxy_loss`` policy.
@@ -296,8 +297,8 @@ class OnlineSelector:
             leans less on the picks the large model fits worst, most of them mislabelled once the clean ones
             are learnt. 0 (default): off.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``: drop NaN/inf losses from the step and
-            count them in ``stats()["nonfinite_losses"]``. The returned loss is then finite, but the NaN/inf
-            activations behind those losses still reach the gradients: check
+            count them in ``nonfinite_losses`` (``stats()["selection/nonfinite_losses"]``). The returned loss
+            is then finite, but the NaN/inf activations behind those losses still reach the gradients: check
             :func:`~online_select.losses.finite_gradients` before the optimizer step (the ready loop and
             ``SelectiveTrainer`` do, and skip the update).
         id_key: the batch field holding sample ids when ``ids`` is not passed to :meth:`select`.

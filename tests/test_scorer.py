@@ -53,6 +53,12 @@ def test_small_input_model_is_trained_with_the_head():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_the_default_head_has_the_width_asked_for():
+    scorer = Scorer(use_memory=False, hidden=8)
+    scorer.predict(scorer.features(None, None, 0, reference_features=torch.randn(5, 3)))
+    assert scorer.head[0].out_features == 8 and scorer.head[2].in_features == 8
+
+
 def test_the_scorer_model_reads_its_input_from_a_batch_encoding():
     from transformers import BatchEncoding
 

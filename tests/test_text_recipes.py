@@ -47,6 +47,16 @@ def test_noisy_corpus_mixes_the_asked_fraction_of_each_junk_kind(text_folder):
     assert small.vocab_size < 5000 and int(small.train.max()) < small.vocab_size
 
 
+def test_a_scorer_input_model_on_a_task_without_any_is_an_error(text_folder, tmp_path):
+    from online_select.config import load_config
+    from online_select.tasks import build_task
+
+    task = build_task(load_config(str(ROOT / "recipes" / "lm_noisy_corpus.yaml"), _lm_args(text_folder, tmp_path)))
+    assert task.scorer_model("none") is None
+    with pytest.raises(ValueError, match="scorer.model='mlp': the NoisyCorpusLMTask has no scorer input models"):
+        task.scorer_model("mlp")
+
+
 def test_the_lm_task_takes_max_train_samples_at_random_and_cuts_validation_to_eval_size(text_folder, tmp_path):
     from online_select.config import load_config
     from online_select.tasks import build_task
@@ -94,6 +104,7 @@ def _lm_args(folder, out, *extra):
             "train.progress=false", "train.threads=1", "logging.trackers=[]", *extra]
 
 
+@pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")  # it extends the run on resume
 def test_lm_recipe_trains_resumes_and_benches_on_eval_loss(text_folder, tmp_path):
     recipe = str(ROOT / "recipes" / "lm_noisy_corpus.yaml")
     out = tmp_path / "run"
@@ -145,7 +156,7 @@ def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch
         y = rng.randrange(2)
         texts.append(" ".join(rng.choice(WORDS) for _ in range(6)) + (" good movie ." if y else " bad movie ."))
         labels.append(y)
-    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name: (texts, labels))
+    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name, text_column, label_column: (texts, labels))
     model_dir = _tiny_encoder(tmp_path / "encoder")
     out = tmp_path / "rt"
     recipe = str(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml")
@@ -166,7 +177,7 @@ def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(t
 
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(6)) + " good movie ." for _ in range(200)]
-    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name: (texts, [1] * 200))
+    monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name, text_column, label_column: (texts, [1] * 200))
     config = load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
         f"model.pretrained_path={_tiny_encoder(tmp_path / 'encoder')}", "data.extra.test_size=40", "data.max_length=16",
         "reference.kind=holdout", "data.holdout_fraction=0.25", "reference.model=bow", "reference.epochs=1"])
