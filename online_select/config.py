@@ -178,6 +178,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True
     cpu: bool = False
+    # The large model's forward under autocast (Accelerate's mixed precision): "" leaves it to Accelerate (e.g.
+    # `accelerate launch --mixed_precision bf16`), "no" | "bf16" | "fp16" set it. The scorer and reference stay float32.
+    mixed_precision: str = ""
     deterministic: bool = False  # deterministic kernels (bitwise-repeatable GPU runs and resumes; slower)
 
 
@@ -366,6 +369,7 @@ def _check_choices(config: Config) -> None:
         "selection.distributed": (config.selection.distributed, MODES),
         "scorer.objective": (config.scorer.objective, OBJECTIVES),
         "train.schedule": (config.train.schedule, SCHEDULES),
+        "train.mixed_precision": (config.train.mixed_precision, ("", "no", "bf16", "fp16")),
         "selection.on_nonfinite": (config.selection.on_nonfinite, ("raise", "skip")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled", "shared")),
         "logging.audit_oracle": (config.logging.audit_oracle, ("auto", *(p for p in POLICIES if p not in UNSCORED_POLICIES))),

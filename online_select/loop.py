@@ -347,6 +347,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         log_with=trackers or None,
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,
+        mixed_precision=config.train.mixed_precision or None,
     )
     if config.train.threads:  # after the Accelerator, which sets its own count on multi-process CPU runs
         torch.set_num_threads(config.train.threads)

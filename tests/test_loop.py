@@ -76,3 +76,34 @@ def test_the_recipe_sets_the_scorer_heads_width(tiny_idx_folder, tmp_path):
     task = build_task(config)
     selector, _ = build_selector(config, task, lambda batch: task.loss(task.large_model(), batch))
     assert selector.scorer.hidden == 16
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state whose precision cannot change: reset it around the test, as
+    Accelerate's own test cases do."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("no", torch.float32), ("bf16", torch.bfloat16)])
+def test_mixed_precision_runs_the_large_model_under_autocast(tiny_idx_folder, tmp_path, precision, dtype,
+                                                             fresh_accelerator_state):
+    config = load_config(RECIPE, small_run(tiny_idx_folder, tmp_path / "run", f"train.mixed_precision={precision}",
+                                           "train.max_steps=3", "train.checkpoint_every=0", "train.eval_every=0"))
+    task = build_task(config)
+    outputs = []
+    large_model = task.large_model
+
+    def recorded_large_model():
+        model = large_model()
+        conv = next(module for module in model.modules() if isinstance(module, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, args, out: outputs.append(out.dtype) if module.training else None)
+        return model
+
+    task.large_model = recorded_large_model
+    train(config, task)
+    assert outputs == [dtype] * 3
