@@ -394,3 +394,5 @@ def _check_choices(config: Config) -> None:
     for key, value in counts.items():
         if value < 0:
             raise ConfigError(f"{key}={value} is negative")
+    if not 0 < config.data.holdout_fraction < 1:
+        raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} is not a fraction in (0, 1)")

@@ -95,6 +95,8 @@ def test_a_key_given_twice_in_a_recipe_is_an_error(tmp_path):
     ("train.threads=-1", "train.threads=-1 is negative"),
     ("train.keep_checkpoints=-2", "train.keep_checkpoints=-2 is negative"),
     ("data.max_train_samples=-5", "data.max_train_samples=-5 is negative"),
+    ("data.holdout_fraction=1.0", "data.holdout_fraction=1.0 is not a fraction in (0, 1)"),
+    ("data.holdout_fraction=0", "data.holdout_fraction=0 is not a fraction in (0, 1)"),
 ])
 def test_bad_values_are_named_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
