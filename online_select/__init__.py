@@ -18,7 +18,15 @@ from .reference import (
 )
 from .rules import Selection, annealed_temperature, resolve_keep, select
 from .scorer import Scorer
-from .selector import ExplorationWarning, FlatScoresWarning, OnlineSelector, ProxyModel, ReferenceRefresh, SelectedBatch, spearman
+from .selector import (
+    ExplorationWarning,
+    FlatScoresWarning,
+    OnlineSelector,
+    ProxyModel,
+    ReferenceRefresh,
+    SelectedBatch,
+    spearman,
+)
 from .telemetry import SelectionTelemetry
 
 __version__ = "0.1.0"

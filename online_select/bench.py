@@ -217,7 +217,8 @@ def bench_table(runs: dict[str, list[RunSummary]]) -> str:
         rows.append(
             f"| {policy} | {_fmt(list(steps))} | {_ratio(list(step_ratio))} | {_fmt(list(secs), 1)} | "
             f"{_ratio(list(time_ratio))} | {_fmt([r.best for r in summaries], digits, scale)} | "
-            f"{_fmt([r.final for r in summaries], digits, scale)} | {_fmt([r.overhead_pct for r in summaries], 1, missing='–')} | "
+            f"{_fmt([r.final for r in summaries], digits, scale)} | "
+            f"{_fmt([r.overhead_pct for r in summaries], 1, missing='–')} | "
             f"{_fmt([r.step_ms for r in summaries], 1, missing='–')} | {noisy} ({base}) | {spearman} |"
         )
     return "\n".join(rows) + "\n"

@@ -45,8 +45,8 @@ class _RecipeLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise ConfigError(
-                    f"the key {key!r} is given twice in one mapping (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
-                    "the first would be silently dropped"
+                    f"the key {key!r} is given twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}): the first would be silently dropped"
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
@@ -256,7 +256,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None:
             return ""
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as true/false: quote it)")
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as true/false: quote it)"
+            )
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -372,7 +374,9 @@ def _check_choices(config: Config) -> None:
         "train.mixed_precision": (config.train.mixed_precision, ("", "no", "bf16", "fp16")),
         "selection.on_nonfinite": (config.selection.on_nonfinite, ("raise", "skip")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled", "shared")),
-        "logging.audit_oracle": (config.logging.audit_oracle, ("auto", *(p for p in POLICIES if p not in UNSCORED_POLICIES))),
+        "logging.audit_oracle": (
+            config.logging.audit_oracle, ("auto", *(p for p in POLICIES if p not in UNSCORED_POLICIES))
+        ),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

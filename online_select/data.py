@@ -110,7 +110,10 @@ def hub_image_splits(ds: Any, name: str, label_column: str = "label") -> dict[st
             raise DataError(f"{name} has no {split!r} split (it has {', '.join(ds)}); image tasks need train and test")
         part = ds[split]
         if label_column not in part.column_names:
-            raise DataError(f"{name} has no label column {label_column!r} (columns: {', '.join(part.column_names)}): set data.label_column")
+            raise DataError(
+                f"{name} has no label column {label_column!r} (columns: {', '.join(part.column_names)}): "
+                "set data.label_column"
+            )
         images = [c for c, feature in part.features.items() if isinstance(feature, datasets.Image)]
         if len(images) != 1:
             raise DataError(f"{name} has {len(images)} image columns ({', '.join(images) or 'none'}); expected one")

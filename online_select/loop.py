@@ -445,8 +445,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         if changed:
             warnings.warn(
                 f"online_select: resumed with settings other than the checkpointed run's ({'; '.join(changed)}): the "
-                "model, the optimizer with its learning rate and weight decay, the schedule's position and the selector "
-                "continue from the checkpoint",
+                "model, the optimizer with its learning rate and weight decay, the schedule's position and the "
+                "selector continue from the checkpoint",
                 stacklevel=2,
             )
     elif config.train.resume == "auto":

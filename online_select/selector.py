@@ -60,6 +60,7 @@ FLAT_SHARE = 0.9
 class FlatScoresWarning(UserWarning):
     """Sampling at this temperature picks nearly at random: the scores vary far less than the temperature."""
 
+
 class ExplorationWarning(UserWarning):
     """The exploration share rounds to no pick at this k: the scorer sees only the samples its scores chose."""
 
@@ -1185,8 +1186,10 @@ class OnlineSelector:
         group = self._process_group()
         if group is None:
             return
-        # Per process by design: the RNG, the stats window, and in local mode the flat-score count (own candidates).
-        own = ("generator", "window") + (("flat_score_steps", "flat_window", "flat_warned") if self.distributed == "local" else ())
+        # Per process by design: the RNG, the stats window, and in local mode the flat-score count and window (own
+        # candidates' scores).
+        local = ("flat_score_steps", "flat_window", "flat_warned") if self.distributed == "local" else ()
+        own = ("generator", "window", *local)
         state = {key: value for key, value in self.state_dict().items() if key not in own}
         group.check_identical(_tensors_of(state), "the selector's state (scorer, proxy, loss memory, counters)")
 

@@ -109,7 +109,10 @@ class ImageClassificationTask(Task):
         data = config.data
         if data.source not in ("folder", "hub"):
             raise ConfigError(f"data.source={data.source!r} is not one of folder, hub (for the {config.task} task)")
-        raw = load_idx_folder(data.path) if data.source == "folder" else load_hub_image_classification(data.hub_name, data.label_column)
+        if data.source == "folder":
+            raw = load_idx_folder(data.path)
+        else:
+            raw = load_hub_image_classification(data.hub_name, data.label_column)
         train_x, test_x = _pixels(raw["train_images"], "train"), _pixels(raw["test_images"], "test")
         train_y = torch.from_numpy(raw["train_labels"].astype("int64"))
         test_y = torch.from_numpy(raw["test_labels"].astype("int64"))

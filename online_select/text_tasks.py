@@ -144,7 +144,8 @@ class RottenTomatoesTask(Task):
         d = config.data
         self.options = _extra(d.extra, {"test_size": 1500}, "data")
         self.model_options = _extra(config.model.extra, {"freeze_layers": 0}, "model")
-        texts, labels = load_rotten_tomatoes(d.source, d.hub_name if d.source == "hub" else "", d.text_column, d.label_column)
+        hub_name = d.hub_name if d.source == "hub" else ""
+        texts, labels = load_rotten_tomatoes(d.source, hub_name, d.text_column, d.label_column)
         perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(d.noise_seed))
         test_rows, train_rows = perm[: self.options["test_size"]], perm[self.options["test_size"] :]
         if d.max_train_samples:
@@ -306,8 +307,8 @@ class NoisyCorpusLMTask(Task):
         )
         c = self.corpus
         if d.max_train_samples:  # a random subset (seeded like the corpus), not the first blocks: they are all clean
-            rows = torch.randperm(len(c.train), generator=torch.Generator().manual_seed(d.noise_seed))[: d.max_train_samples]
-            rows = rows.sort().values
+            order = torch.randperm(len(c.train), generator=torch.Generator().manual_seed(d.noise_seed))
+            rows = order[: d.max_train_samples].sort().values
             c.train, c.kind = c.train[rows], c.kind[rows]
         c.validation = c.validation[: d.eval_size or None]
         self.loss = CausalLMLoss()

@@ -496,7 +496,7 @@ class SelectiveTrainer(Trainer):
             return False
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated, corrupt or not a weights-only file: say which file, not torch's internals
+        except Exception as error:  # truncated, corrupt or not weights-only: name the file, not torch's internals
             raise CheckpointError(f"the selector state {path} cannot be read: {error}") from error
         written_by = int(state.pop(WORLD_SIZE_KEY, self.args.world_size))  # absent in checkpoints written before it
         if written_by != self.args.world_size:
