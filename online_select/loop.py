@@ -442,7 +442,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         start_step = int(meta["step"])
         accelerator.print(f"online_select: resumed from {resume_from} (step {start_step})")
         changed = _changed_settings(meta.get("config"), config_to_dict(config))
-        if changed:
+        if changed and accelerator.is_main_process:
             warnings.warn(
                 f"online_select: resumed with settings other than the checkpointed run's ({'; '.join(changed)}): the "
                 "model, the optimizer with its learning rate and weight decay, the schedule's position and the "
