@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,8 +167,11 @@ class ProcessGroup:
 
 
 def is_main_process() -> bool:
-    """Whether this is rank 0 of the default process group (or the only process)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """Whether this is rank 0 of the default process group, or, before one is up, of the launcher's processes
+    (``RANK``, set by ``torchrun`` and ``accelerate launch``), or the only process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 def end_process_group() -> None:

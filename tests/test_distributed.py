@@ -111,6 +111,17 @@ def test_pack_and_unpack_rows_keep_every_field_exactly():
     assert torch.equal(back["pair"][0], torch.tensor([4, 1, 5])) and back["pair"][1].shape == (3, 0)
 
 
+def test_before_the_process_group_is_up_the_launchers_rank_says_which_process_is_main(monkeypatch):
+    from online_select.distributed import is_main_process
+
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
+    monkeypatch.delenv("RANK")
+    assert is_main_process()
+
+
 def test_a_batch_of_lists_packs_to_empty_rows_and_text_arrays_are_refused():
     assert pack_rows({"text": ["a", "b", "c"], "id": [1, 2, 3]}).shape == (3, 0)  # one row per sample still
     with pytest.raises(BatchError, match=r"batch\['text'\] is a numpy array of <U2; .* use a tensor, a numeric array or a list"):
