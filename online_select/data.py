@@ -115,6 +115,8 @@ def hub_image_splits(ds: Any, name: str, label_column: str = "label") -> dict[st
                 "set data.label_column"
             )
         images = [c for c, feature in part.features.items() if isinstance(feature, datasets.Image)]
+        if not images:  # pixels stored as arrays or lists: the conventionally named column
+            images = [c for c in ("image", "img", "pixel_values") if c in part.column_names][:1]
         if len(images) != 1:
             raise DataError(f"{name} has {len(images)} image columns ({', '.join(images) or 'none'}); expected one")
         out[f"{split}_images"] = np.stack([np.asarray(img) for img in part[images[0]]])

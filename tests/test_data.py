@@ -51,6 +51,10 @@ def test_hub_image_splits_read_the_named_label_column_and_name_what_is_missing()
     assert out["train_labels"].tolist() == list(range(6)) and out["test_images"].shape == (3, 4, 4)
     with pytest.raises(DataError, match="cifar-like has no label column 'label' .*set data.label_column"):
         hub_image_splits(hub, "cifar-like")
+    as_arrays = datasets.DatasetDict({name: datasets.Dataset.from_dict({"image": [[[i] * 4] * 4 for i in range(n)],
+                                                                        "label": list(range(n))})
+                                      for name, n in (("train", 5), ("test", 2))})
+    assert hub_image_splits(as_arrays, "mnist-like")["train_images"].shape == (5, 4, 4)
     with pytest.raises(DataError, match="no 'test' split"):
         hub_image_splits(datasets.DatasetDict({"train": split(6)}), "cifar-like", "fine_label")
 
