@@ -298,22 +298,19 @@ def pack_rows(batch: Any, device: torch.device | str = "cpu") -> torch.Tensor:
     """The tensor and array fields of ``batch`` as bytes, one ``uint8`` row per sample (rows of width 0 for a batch
     of lists only)."""
     parts: list[torch.Tensor] = []
-    fields = per_sample_fields(batch)  # not batch_size(): a process may send no rows at all
-    rows = [fields[0][1] if fields else 0]
 
     def visit(path: str, value: Any) -> Any:
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if isinstance(value, torch.Tensor):
-            n = value.shape[0]
-            rows[0] = n
-            flat = value.detach().to(device).reshape(n, math.prod(value.shape[1:])).contiguous()
+            flat = value.detach().to(device).reshape(value.shape[0], math.prod(value.shape[1:])).contiguous()
             parts.append(flat.view(torch.uint8))
         return value
 
     map_fields(batch, visit)
     if not parts:
-        return torch.zeros((rows[0], 0), dtype=torch.uint8, device=device)
+        fields = per_sample_fields(batch)  # lists only; not batch_size(): a process may send no rows at all
+        return torch.zeros((fields[0][1] if fields else 0, 0), dtype=torch.uint8, device=device)
     return torch.cat(parts, dim=1)
 
 

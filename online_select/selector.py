@@ -86,8 +86,9 @@ def _mean_ranks(values: torch.Tensor) -> torch.Tensor:
     starts_run = torch.ones(ordered.numel(), dtype=torch.bool)
     starts_run[1:] = ordered[1:] != ordered[:-1]
     run = starts_run.cumsum(0) - 1
-    ends = torch.bincount(run).cumsum(0)  # one past each run's last position
-    first = ends - torch.bincount(run)
+    lengths = torch.bincount(run)
+    ends = lengths.cumsum(0)  # one past each run's last position
+    first = ends - lengths
     ranks = torch.empty(values.numel(), dtype=torch.float64)
     ranks[order] = ((first + ends - 1).double() / 2)[run]
     return ranks

@@ -191,24 +191,26 @@ def oracle_scores(
         raise ValueError(f"the {oracle.name} policy has no oracle score; pick one with oracle_policy_name()")
     if oracle.needs_reference and reference_loss is None:
         raise ValueError(f"the audit oracle {oracle.name!r} needs reference losses, and this selector has no reference")
-    exact = exact_loss.detach().float().cpu()
-    signals = Signals(
-        batch_size=exact.numel(),
-        large_loss=exact,
-        predicted_loss=exact,
-        proxy_loss=exact,
-        reference_loss=None if reference_loss is None else reference_loss.detach().float().cpu(),
-    )
-    return oracle.score(signals, label_floor=label_floor).float()
+    return oracle.score(_exact_signals(exact_loss, reference_loss), label_floor=label_floor).float()
 
 
 def _oracle_eligible(
     policy: str, exact_loss: torch.Tensor, reference_loss: torch.Tensor | None, label_floor: float
 ) -> torch.Tensor | None:
     """The candidates the oracle policy would consider (its eligibility rule on the exact signals), or None: all."""
-    signals = Signals(batch_size=exact_loss.numel(), large_loss=exact_loss, predicted_loss=exact_loss,
-                      proxy_loss=exact_loss, reference_loss=reference_loss)
-    return get_policy(policy).eligible(signals, label_floor=label_floor)
+    return get_policy(policy).eligible(_exact_signals(exact_loss, reference_loss), label_floor=label_floor)
+
+
+def _exact_signals(exact_loss: torch.Tensor, reference_loss: torch.Tensor | None) -> Signals:
+    """The signals with the exact large-model loss in place of every estimate of it."""
+    exact = exact_loss.detach().float().cpu()
+    return Signals(
+        batch_size=exact.numel(),
+        large_loss=exact,
+        predicted_loss=exact,
+        proxy_loss=exact,
+        reference_loss=None if reference_loss is None else reference_loss.detach().float().cpu(),
+    )
 
 
 def coverage_summary(picks: torch.Tensor, appearances: torch.Tensor) -> dict[str, float]:
