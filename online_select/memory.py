@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ._tensors import all_finite
+
 __all__ = ["LossMemory", "check_ids", "checked_ids_and_max"]
 
 MAX_SAMPLE_ID = 2**31 - 1
@@ -67,8 +69,8 @@ class LossMemory:
         losses = losses.detach().float().cpu()
         if isinstance(step, torch.Tensor) and step.shape != ids.shape:
             raise ValueError(f"expected one step per id ({ids.numel()}), got shape {tuple(step.shape)}")
-        keep = torch.isfinite(losses)
-        if not bool(keep.all()):
+        if not all_finite(losses):
+            keep = torch.isfinite(losses)
             ids, losses = ids[keep], losses[keep]
             if isinstance(step, torch.Tensor):
                 step = step[keep]

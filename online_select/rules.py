@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._tensors import all_finite
+
 __all__ = ["Selection", "annealed_temperature", "resolve_keep", "select", "RULES"]
 
 RULES = ("top_k", "sample")
@@ -113,7 +115,7 @@ def select(
     if importance_weights and rule != "sample":
         raise ValueError("importance_weights=True needs rule='sample' (top-k has no inclusion probabilities)")
     scores = scores.detach().float().cpu()
-    if not torch.isfinite(scores).all():
+    if not all_finite(scores):
         bad = int((~torch.isfinite(scores)).sum())
         raise ValueError(f"{bad} of {batch_size} candidate scores are NaN or infinite")
     if eligible is None:

@@ -38,6 +38,7 @@ from .distributed import (
     global_keep,
     local_keep,
 )
+from ._tensors import all_finite
 from .losses import LossShapeError, NonFiniteLossError, check_per_sample_loss, get_field
 from .memory import LossMemory, check_ids
 from .policies import SIGNALS, Policy, Signals, get_policy, plausible_labels
@@ -627,8 +628,9 @@ class OnlineSelector:
             view = self._view(selected, whole, step_offsets)
         else:
             view = self._gather_view(group, selected, whole, step_offsets)
-        all_finite = torch.isfinite(view.losses)  # the parts' non-finite losses were counted as they came
-        self._learn(view, all_finite, _kept_rows(all_finite), len(observed), timed, start)
+        # The parts' non-finite losses were counted as they came.
+        finite = None if all_finite(view.losses) else torch.isfinite(view.losses)
+        self._learn(view, finite, None if finite is None else finite.nonzero()[:, 0], len(observed), timed, start)
 
     def _check_no_open_plan(self) -> None:
         if self._plan is not None and self._plan.open:
@@ -893,12 +895,13 @@ class OnlineSelector:
         """Rows any process sends at most in ``gather``: k a step when k is a count, else the most so far."""
         return self.keep * steps if isinstance(self.keep, int) else self._row_bounds.get(gather)
 
-    def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The finite mask of a step's losses and the rows to keep (None: all); raises or counts the others."""
+    def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The finite mask of a step's losses and the rows to keep (both None when all are finite); raises or
+        counts the others."""
+        if all_finite(losses):
+            return None, None
         finite = torch.isfinite(losses)
-        keep = _kept_rows(finite)
-        if keep is None:
-            return finite, None
+        keep = finite.nonzero()[:, 0]
         n_bad = losses.numel() - keep.numel()
         if self.on_nonfinite == "raise":
             raise NonFiniteLossError(
@@ -909,7 +912,7 @@ class OnlineSelector:
         return finite, keep
 
     def _learn(
-        self, view: _StepView, finite: torch.Tensor, keep: torch.Tensor | None, steps: int, timed: SelectedBatch, start: float
+        self, view: _StepView, finite: torch.Tensor | None, keep: torch.Tensor | None, steps: int, timed: SelectedBatch, start: float
     ) -> None:
         """The scorer, memory, proxy and rejection learn from ``steps`` steps' observed losses (``view``)."""
         kept = view.losses.numel() if keep is None else keep.numel()
@@ -942,7 +945,7 @@ class OnlineSelector:
         losses: torch.Tensor,
         observed: torch.Tensor,
         view_losses: torch.Tensor,
-        finite: torch.Tensor,
+        finite: torch.Tensor | None,
         keep: torch.Tensor | None,
         group: ProcessGroup | None,
     ) -> torch.Tensor:
@@ -962,7 +965,7 @@ class OnlineSelector:
         # Scaled before summing, as a mean is: a sum of many half-precision losses can overflow.
         if group is not None:
             mask = torch.isfinite(observed).to(losses.device)
-            scale = group.world_size / max(int(finite.sum()), 1)
+            scale = group.world_size / max(kept, 1)
             return torch.where(mask, weights * losses * scale, torch.zeros_like(losses)).sum()
         if keep is not None:
             mask = finite.to(losses.device)
@@ -1167,11 +1170,11 @@ class OnlineSelector:
             step_offsets=rows[:, 0].long() if step_offsets is not None else None,
         )
 
-    def _record(self, view: _StepView, finite: torch.Tensor, update_s: float, steps: int = 1) -> None:
+    def _record(self, view: _StepView, finite: torch.Tensor | None, update_s: float, steps: int = 1) -> None:
         """One entry of the stats window (a plan's steps share one, its seconds per step)."""
         summary, explored, losses = view.summary, view.explored, view.losses
         select_s, update_s = view.select_s / steps, update_s / steps
-        self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored & finite, losses)})
+        self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored if finite is None else explored & finite, losses)})
         self.last_step = {"ids": view.ids, "weights": view.weights, "explored": view.explored, "losses": view.losses}
 
     def _window_entries(self) -> list[dict]:
@@ -1283,11 +1286,6 @@ def _one_integer_per_sample(values: Any, n: int) -> bool:
     except (TypeError, ValueError, RuntimeError):
         return False
     return values.shape == (n,) and not values.dtype.is_floating_point and values.dtype != torch.bool
-
-
-def _kept_rows(finite: torch.Tensor) -> torch.Tensor | None:
-    """The positions of the finite losses, or None when all are."""
-    return None if bool(finite.all()) else finite.nonzero()[:, 0]
 
 
 def _rows_of(signals: Signals, rows: slice) -> Signals:

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from online_select import annealed_temperature, resolve_keep, select
+from online_select._tensors import all_finite
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,6 +101,28 @@ def test_bad_arguments(kwargs, message):
 def test_non_finite_scores_are_an_error():
     with pytest.raises(ValueError, match="1 of 3 candidate scores are NaN"):
         select(torch.tensor([1.0, float("nan"), 0.0]), 1)
+    with pytest.raises(ValueError, match="2 of 3 candidate scores are NaN or infinite"):
+        select(torch.tensor([float("inf"), 1.0, float("-inf")]), 1)
+
+
+def test_finite_scores_whose_sum_overflows_are_not_an_error():
+    huge = torch.finfo(torch.float32).max
+    assert select(torch.tensor([huge, huge, 0.0]), 1, rule="top_k", explore=0.0).indices.tolist() == [0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite(dtype):
+    nan, inf, huge = float("nan"), float("inf"), torch.finfo(dtype).max
+    for values, expected in [
+        ([1.0, 2.0], True),
+        ([], True),
+        ([1.0, nan], False),
+        ([inf, 1.0], False),
+        ([inf, -inf], False),
+        ([huge, huge], True),  # the sum overflows, the values are finite
+    ]:
+        assert all_finite(torch.tensor(values, dtype=dtype)) is expected, values
+    assert all_finite(torch.tensor([5, 7])) is True
 
 
 def test_resolve_keep():

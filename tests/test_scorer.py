@@ -128,6 +128,16 @@ def test_memory_lookup_of_unseen_ids_leaves_the_state_unchanged():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
 
 
+def test_memory_records_finite_losses_only_however_large():
+    from online_select import LossMemory
+
+    memory = LossMemory()
+    huge = torch.finfo(torch.float32).max
+    memory.update(torch.tensor([0, 1, 2, 3]), torch.tensor([huge, huge, float("nan"), float("inf")]), step=1)
+    loss, _, count = memory.lookup(torch.tensor([0, 1, 2, 3]))
+    assert count.tolist() == [1, 1, 0, 0] and loss[:2].tolist() == [huge, huge] and torch.isnan(loss[2:]).all()
+
+
 def test_memory_counts_an_id_each_time_it_comes_and_keeps_its_last_row():
     from online_select import LossMemory
 

@@ -241,6 +241,14 @@ def test_nan_losses_raise_or_are_skipped_and_counted():
     assert skipping.stats()["selection/nonfinite_losses"] == 1
 
 
+def test_finite_losses_whose_sum_overflows_are_observed_not_raised():
+    selector = OnlineSelector("predicted_loss", keep=4, scorer=Scorer())
+    selected = selector.select(_batch())
+    huge = torch.finfo(torch.float32).max
+    selector.observe(selected, torch.tensor([huge, huge, 1.0, 1.0]))
+    assert selector.nonfinite_losses == 0 and int(selector.scorer.memory.count.sum()) == 4
+
+
 def test_reference_table_coverage_error_names_ids():
     selector = OnlineSelector("predicted_learnability", keep=4, scorer=Scorer(), reference=ReferenceTable(torch.zeros(10)))
     with pytest.raises(ReferenceCoverageError, match=r"no loss for 22 candidate sample id\(s\), e.g. \[10, 11"):
