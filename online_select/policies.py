@@ -7,6 +7,7 @@ rejected candidates. Higher scores are preferred.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,7 +48,11 @@ class Signals:
 
 def plausible_labels(reference_loss: torch.Tensor, label_floor: float) -> torch.Tensor:
     """Candidates whose label the reference finds at least ``label_floor`` likely (``p_ref >= floor``)."""
-    return torch.exp(-reference_loss.clamp_min(0.0)) >= label_floor
+    if label_floor > 1:
+        return torch.zeros_like(reference_loss, dtype=torch.bool)
+    # exp(-max(loss, 0)) >= floor, read on the loss side: one comparison instead of four small kernels, each
+    # slow right after the large model's step. NaN is never plausible either way.
+    return reference_loss <= (-math.log(label_floor) if label_floor > 0 else math.inf)
 
 
 def learnability(large_loss: torch.Tensor, reference_loss: torch.Tensor, label_floor: float) -> torch.Tensor:

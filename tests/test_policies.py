@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from online_select import POLICIES, Signals, get_policy, learnability
+from online_select.policies import plausible_labels
 
 
 def _signals(b=6):
@@ -62,6 +63,17 @@ def test_unknown_policy_lists_known_ones():
 def test_missing_signal_is_a_clear_error():
     with pytest.raises(ValueError, match="signal 'large_loss' was not computed"):
         get_policy("large_loss").score(Signals(batch_size=3))
+
+
+@pytest.mark.parametrize("floor", [0.0, 1e-6, 0.05, 0.1, 1 / 3, 0.99, 1.0, 1.5])
+def test_plausible_labels_is_p_ref_at_least_the_floor(floor):
+    losses = torch.cat([torch.linspace(-2.0, 20.0, 4001), torch.tensor([float("nan"), float("inf"), float("-inf")])])
+    p_ref = torch.exp(-losses.double().clamp_min(0.0))
+    # Off the floor itself, where float32 rounding may fall either way.
+    clear = ~torch.isclose(p_ref, torch.tensor(floor, dtype=torch.float64), rtol=1e-5, atol=0.0)
+    expected = p_ref >= floor
+    assert torch.equal(plausible_labels(losses, floor)[clear], expected[clear])
+    assert torch.equal(plausible_labels(losses[:1], floor), torch.tensor([floor <= 1]))  # loss -2: p_ref 1
 
 
 def test_learnability_policies_exclude_implausible_labels():
