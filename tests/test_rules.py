@@ -123,6 +123,7 @@ def test_all_finite(dtype):
     ]:
         assert all_finite(torch.tensor(values, dtype=dtype)) is expected, values
     assert all_finite(torch.tensor([5, 7])) is True
+    assert all_finite(torch.tensor([1 + 1j, complex(1, float("nan"))])) is False
 
 
 def test_resolve_keep():
