@@ -20,11 +20,12 @@ import time
 import traceback
 from pathlib import Path
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 import online_select
 from online_select import selector as selector_module
 from online_select.config import load_config
 from online_select.loop import train
-from torch.utils._python_dispatch import TorchDispatchMode
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_noisy.yaml"
 PACKAGE = str(Path(online_select.__file__).parent)
