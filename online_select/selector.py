@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._tensors import all_finite
 from .batch import batch_size, concat, map_fields, take
 from .distributed import (
     MODES,
@@ -38,7 +39,6 @@ from .distributed import (
     global_keep,
     local_keep,
 )
-from ._tensors import all_finite
 from .losses import LossShapeError, NonFiniteLossError, check_per_sample_loss, get_field
 from .memory import LossMemory, check_ids
 from .policies import SIGNALS, Policy, Signals, get_policy, plausible_labels
