@@ -630,7 +630,8 @@ class OnlineSelector:
             view = self._gather_view(group, selected, whole, step_offsets)
         # The parts' non-finite losses were counted as they came.
         finite = None if all_finite(view.losses) else torch.isfinite(view.losses)
-        self._learn(view, finite, None if finite is None else finite.nonzero()[:, 0], len(observed), timed, start)
+        keep = None if finite is None else finite.nonzero()[:, 0]
+        self._learn(view, finite, keep, len(observed), timed, start)
 
     def _check_no_open_plan(self) -> None:
         if self._plan is not None and self._plan.open:
@@ -1174,7 +1175,8 @@ class OnlineSelector:
         """One entry of the stats window (a plan's steps share one, its seconds per step)."""
         summary, explored, losses = view.summary, view.explored, view.losses
         select_s, update_s = view.select_s / steps, update_s / steps
-        self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored if finite is None else explored & finite, losses)})
+        explored_finite = explored if finite is None else explored & finite
+        self._window.append(lambda: {"select_s": select_s, "update_s": update_s, **summary(explored_finite, losses)})
         self.last_step = {"ids": view.ids, "weights": view.weights, "explored": view.explored, "losses": view.losses}
 
     def _window_entries(self) -> list[dict]:
