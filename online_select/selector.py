@@ -628,9 +628,7 @@ class OnlineSelector:
             view = self._view(selected, whole, step_offsets)
         else:
             view = self._gather_view(group, selected, whole, step_offsets)
-        # The parts' non-finite losses were counted as they came.
-        finite = None if all_finite(view.losses) else torch.isfinite(view.losses)
-        keep = None if finite is None else finite.nonzero()[:, 0]
+        finite, keep = _finite_rows(view.losses)  # the parts' non-finite losses were counted as they came
         self._learn(view, finite, keep, len(observed), timed, start)
 
     def _check_no_open_plan(self) -> None:
@@ -899,10 +897,9 @@ class OnlineSelector:
     def _finite(self, losses: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The finite mask of a step's losses and the rows to keep (both None when all are finite); raises or
         counts the others."""
-        if all_finite(losses):
-            return None, None
-        finite = torch.isfinite(losses)
-        keep = finite.nonzero()[:, 0]
+        finite, keep = _finite_rows(losses)
+        if keep is None:
+            return finite, keep
         n_bad = losses.numel() - keep.numel()
         if self.on_nonfinite == "raise":
             raise NonFiniteLossError(
@@ -970,7 +967,7 @@ class OnlineSelector:
             return torch.where(mask, weights * losses * scale, torch.zeros_like(losses)).sum()
         if keep is not None:
             mask = finite.to(losses.device)
-            return torch.where(mask, weights * losses / max(int(mask.sum()), 1), torch.zeros_like(losses)).sum()
+            return torch.where(mask, weights * losses / max(kept, 1), torch.zeros_like(losses)).sum()
         return (weights * losses).mean()
 
     def untrained(self, ids: torch.Tensor) -> torch.Tensor:
@@ -1279,6 +1276,14 @@ class OnlineSelector:
             self.proxy.load_state_dict(state["proxy"])
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
+
+
+def _finite_rows(losses: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The finite mask of ``losses`` and the positions of the finite ones, or ``(None, None)`` when all are."""
+    if all_finite(losses):
+        return None, None
+    finite = torch.isfinite(losses)
+    return finite, finite.nonzero()[:, 0]
 
 
 def _one_integer_per_sample(values: Any, n: int) -> bool:
