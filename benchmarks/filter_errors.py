@@ -50,16 +50,17 @@ def slug(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def save_table(keep: torch.Tensor, path: Path) -> Path:
+def save_table(keep: torch.Tensor, path: Path, fingerprint: dict[str, str]) -> Path:
     """Write the reference table in which exactly ``keep`` passes the floor."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ReferenceTable(torch.where(keep, torch.tensor(PASS_LOSS), torch.tensor(EXCLUDE_LOSS))).save(path)
+    ReferenceTable(torch.where(keep, torch.tensor(PASS_LOSS), torch.tensor(EXCLUDE_LOSS))).save(path, fingerprint)
     return path
 
 
 def main(out: str, seeds: int, overrides: list[str]) -> None:
     tables, overrides = choose(TABLES, overrides, "tables", slug)
-    noisy = build_task(load_config(RECIPE, overrides)).is_noisy  # the corruption does not depend on the run seed
+    task = build_task(load_config(RECIPE, overrides))
+    noisy, fingerprint = task.is_noisy, task.reference_fingerprint()  # the corruption does not depend on the run seed
     comparison = Comparison(smooth=3)
     runs: dict[str, list] = {}
     errors: dict[str, list[tuple[float, float]]] = {}
@@ -77,7 +78,7 @@ def main(out: str, seeds: int, overrides: list[str]) -> None:
         errors.setdefault(name, []).append(kept_errors(passes, noisy))
         for table_name, rule in tables.items():
             keep = rule(passes, noisy)
-            table = save_table(keep, Path(out) / "tables" / f"{slug(table_name)}_seed{seed}.safetensors")
+            table = save_table(keep, Path(out) / "tables" / f"{slug(table_name)}_seed{seed}.safetensors", fingerprint)
             name = f"default behind the {table_name} filter"
             run(name, Path(out) / slug(table_name) / f"seed{seed}", [DEFAULT, "reference.kind=file", f"reference.path={table}"], seed)
             errors.setdefault(name, []).append(kept_errors(keep, noisy))

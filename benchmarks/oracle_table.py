@@ -34,9 +34,11 @@ def noise_flags(task: Task) -> torch.Tensor:
 
 def oracle_table(recipe: str | Path, overrides: list[str], path: Path) -> Path:
     """Write the oracle table of the recipe's task (after ``overrides``) to ``path``."""
-    flags = noise_flags(build_task(load_config(recipe, overrides)))
+    task = build_task(load_config(recipe, overrides))
+    flags = noise_flags(task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ReferenceTable(torch.where(flags, torch.tensor(NOISY_LOSS), torch.tensor(CLEAN_LOSS))).save(path)
+    table = ReferenceTable(torch.where(flags, torch.tensor(NOISY_LOSS), torch.tensor(CLEAN_LOSS)))
+    table.save(path, task.reference_fingerprint())
     print(f"{path}: {int(flags.sum())} of {flags.numel()} ids flagged noisy", file=sys.stderr)
     return path
 

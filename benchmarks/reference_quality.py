@@ -137,6 +137,7 @@ def main(seeds: int, overrides: list[str]) -> None:
     config = load_config(RECIPE, overrides)
     torch.set_num_threads(config.train.threads or torch.get_num_threads())
     task = build_task(config)  # the data and its label noise do not depend on the run seed; the references do
+    fingerprint = task.reference_fingerprint()
     for seed in range(seeds):
         spent: dict[str, float] = {}
         for name, (build, builds_on) in references(task, seed).items():
@@ -150,7 +151,7 @@ def main(seeds: int, overrides: list[str]) -> None:
                 errors[name, floor].append(kept_errors(p_label >= floor, task.is_noisy))
             if save is not None:
                 (save / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-                table.save(save / f"seed{seed}" / f"{slug(name)}.safetensors")
+                table.save(save / f"seed{seed}" / f"{slug(name)}.safetensors", fingerprint)
     print(f"\n{seeds} seed(s), {' '.join(overrides) or 'the recipe as it is'}; each cell: clean samples excluded % / "
           "noisy share of the kept %, against the true noise flags (mean ± std over seeds)\n")
     print("| reference | seconds | " + " | ".join(f"floor {floor}" for floor in FLOORS) + " |")

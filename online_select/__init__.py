@@ -11,9 +11,11 @@ from .policies import POLICIES, Policy, Signals, get_policy, learnability
 from .reference import (
     Reference,
     ReferenceCoverageError,
+    ReferenceMismatchError,
     ReferenceModel,
     ReferenceTable,
     holdout_reference,
+    samples_fingerprint,
     twin_halves_reference,
 )
 from .rules import Selection, annealed_temperature, resolve_keep, select
@@ -45,6 +47,7 @@ __all__ = [
     "ProxyModel",
     "Reference",
     "ReferenceCoverageError",
+    "ReferenceMismatchError",
     "ReferenceModel",
     "ReferenceTable",
     "Scorer",
@@ -61,6 +64,7 @@ __all__ = [
     "holdout_reference",
     "learnability",
     "resolve_keep",
+    "samples_fingerprint",
     "select",
     "spearman",
     "take",

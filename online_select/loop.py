@@ -399,7 +399,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     build_s = time.perf_counter() - build_start
     if accelerator.is_main_process and isinstance(selector.reference, ReferenceTable) and config.reference.kind != "file":
         # Saved so later runs can reuse it: reference.kind=file reference.path=OUT/reference.safetensors
-        selector.reference.save(out_dir / "reference.safetensors")
+        selector.reference.save(out_dir / "reference.safetensors", task.reference_fingerprint())
     refresh_steps = _refresh_steps(config, task, selector, k * accelerator.num_processes, plan_steps)
     if config.reference.refresh_at == "auto" and accelerator.is_main_process:
         chosen = f"one refresh, at step {min(refresh_steps)}" if refresh_steps else (

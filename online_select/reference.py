@@ -7,9 +7,10 @@ so no data is held back and no sample is scored by a model that saw it).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = [
     "ReferenceTable",
     "ReferenceModel",
     "ReferenceCoverageError",
+    "ReferenceMismatchError",
+    "samples_fingerprint",
     "train_model",
     "reference_table_from_models",
     "twin_halves_reference",
@@ -34,6 +37,43 @@ __all__ = [
 
 class ReferenceCoverageError(KeyError):
     """A candidate's sample id has no reference loss."""
+
+
+class ReferenceMismatchError(ValueError):
+    """A saved reference table was built for other training data than the run that loads it."""
+
+
+def samples_fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors indexed by sample id (each one's dtype, shape and values), e.g. a task's inputs and
+    (noisy) labels: the data a reference table's ids point at."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _check_fingerprint(path: str, found: Mapping[str, str], expected: Mapping[str, str]) -> None:
+    if not expected:
+        return
+    if not set(found) & set(expected):
+        import warnings
+
+        warnings.warn(
+            f"online_select: the reference table {path!r} was saved without a fingerprint of its training data, so "
+            "nothing checks that its sample ids point at this run's samples (label noise, data folder, sample count)",
+            stacklevel=3,
+        )
+        return
+    differ = [key for key in expected if key in found and found[key] != expected[key]]
+    if differ:
+        shown = "; ".join(f"{key}: {found[key]!r} in the file, {expected[key]!r} in this run" for key in differ)
+        raise ReferenceMismatchError(
+            f"the reference table {path!r} was built for other training data than this run's ({shown}). Its losses "
+            "are keyed by sample id, so they would score other samples: rebuild it for this run's data (a recipe's "
+            "data path, label_noise, noise_seed and max_train_samples must match the run that saved it)"
+        )
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -148,27 +188,37 @@ class ReferenceTable(Reference):
     def from_state_dict(cls, state: dict) -> ReferenceTable:
         return cls(state["losses"], state.get("features"))
 
-    def save(self, path: str | Path) -> None:
-        """Write the table with safetensors (atomically: a temporary file renamed into place)."""
+    def save(self, path: str | Path, fingerprint: Mapping[str, str] | None = None) -> None:
+        """Write the table with safetensors (atomically: a temporary file renamed into place).
+
+        ``fingerprint`` (string keys and values, e.g. :meth:`Task.reference_fingerprint`) names the training data
+        the ids point at; it is stored as the file's metadata and checked by :meth:`load`."""
         from safetensors.torch import save_file
 
+        metadata = {str(key): str(value) for key, value in (fingerprint or {}).items()}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(self.state_dict(), str(tmp))
+        save_file(self.state_dict(), str(tmp), metadata=metadata or None)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> ReferenceTable:
-        """Read a table written by :meth:`save`; a file without ``losses`` is a clear error."""
-        from safetensors import SafetensorError
+    def load(cls, path: str | Path, expect: Mapping[str, str] | None = None) -> ReferenceTable:
+        """Read a table written by :meth:`save`; a file without ``losses`` is a clear error.
+
+        With ``expect`` (the loading run's fingerprint), a key the file stores with another value raises
+        :class:`ReferenceMismatchError`; a file saved without a fingerprint loads with a warning."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
+            with safe_open(str(path), framework="pt") as file:
+                found = file.metadata() or {}
         except (OSError, SafetensorError) as exc:
             raise ValueError(f"cannot read a reference table from {str(path)!r}: {exc}") from None
         if "losses" not in state:
             raise ValueError(f"{str(path)!r} has no 'losses' tensor; it is not a reference table")
+        _check_fingerprint(str(path), found, expect or {})
         return cls.from_state_dict(state)
 
 

@@ -16,7 +16,7 @@ from .config import Config, ConfigError
 from .data import TensorLoader, load_hub_image_classification, load_idx_folder, symmetric_label_noise
 from .losses import ClassificationLoss
 from .models import mlp_classifier, small_cnn
-from .reference import Reference, ReferenceTable, holdout_reference, twin_halves_reference
+from .reference import Reference, ReferenceTable, holdout_reference, samples_fingerprint, twin_halves_reference
 
 __all__ = ["Task", "ImageClassificationTask", "StandardizedPixels", "TASK_BUILDERS", "TASK_METRICS", "register_task", "task_metric", "build_task"]
 
@@ -51,8 +51,23 @@ class Task:
         if ref.kind == "none":
             return None, {}
         if ref.kind == "file":
-            return load_reference_file(ref.path), {}
+            return load_reference_file(ref.path, self.reference_fingerprint()), {}
         return self.train_reference(seed)
+
+    def samples_by_id(self) -> tuple[torch.Tensor, ...]:
+        """The tensors, indexed by training id, that a sample's reference loss depends on (its inputs and the
+        labels it trains with); empty when the task cannot name them, and nothing is checked."""
+        return ()
+
+    def reference_fingerprint(self) -> dict[str, str]:
+        """Metadata a saved reference table carries and a run that loads it must match: the task, the number
+        of training ids and a hash of :meth:`samples_by_id` (so another data folder, label noise or noise seed
+        is an error, not a table that scores other samples)."""
+        samples = self.samples_by_id()
+        if not samples:
+            return {}
+        return {"online_select.task": self.config.task, "online_select.num_ids": str(len(samples[0])),
+                "online_select.samples_sha256": samples_fingerprint(*samples)}
 
     def train_reference(self, seed: int) -> tuple[Reference, dict]:
         raise NotImplementedError
@@ -154,6 +169,9 @@ class ImageClassificationTask(Task):
         return {name: values.index_select(0, ids) for name, values in
                 (("input", self.train_pixels), ("label", self.train_y), ("noisy", self.is_noisy))}
 
+    def samples_by_id(self) -> tuple[torch.Tensor, ...]:
+        return self.train_pixels, self.train_y
+
     def examples(self, ids: torch.Tensor) -> dict[str, Any]:
         return {
             "example": list(self.train_pixels[ids]),
@@ -247,11 +265,12 @@ class ImageClassificationTask(Task):
         return {"eval/accuracy": correct / n, "eval/loss": total_loss / n}
 
 
-def load_reference_file(path: str) -> ReferenceTable:
-    """A reference table saved with ``safetensors`` (keys ``losses`` and optional ``features``)."""
+def load_reference_file(path: str, expect: dict[str, str] | None = None) -> ReferenceTable:
+    """A reference table saved with ``safetensors`` (keys ``losses`` and optional ``features``), checked
+    against ``expect`` (see :meth:`ReferenceTable.load`)."""
     if not path:
         raise ValueError("reference.kind=file needs reference.path")
-    return ReferenceTable.load(path)
+    return ReferenceTable.load(path, expect)
 
 
 TASK_BUILDERS: dict[str, Callable[[Config], Task]] = {"idx_images": ImageClassificationTask}

@@ -182,6 +182,9 @@ class RottenTomatoesTask(Task):
         fields = {name: values.index_select(0, self.trained_ids) for name, values in self.train_fields.items()}
         return TensorLoader(fields, batch_size, seed, ids=self.trained_ids)
 
+    def samples_by_id(self) -> tuple[torch.Tensor, ...]:
+        return self.train_fields["input_ids"], self.train_fields["attention_mask"], self.train_fields["labels"]
+
     def examples(self, ids: torch.Tensor) -> dict[str, Any]:
         return {
             "example": [self.train_texts[i] for i in ids.tolist()],
@@ -316,6 +319,9 @@ class NoisyCorpusLMTask(Task):
     def train_loader(self, batch_size: int, seed: int) -> TensorLoader:
         c = self.corpus
         return TensorLoader({"input_ids": c.train, "noisy": c.noisy, "kind": c.kind}, batch_size, seed)
+
+    def samples_by_id(self) -> tuple[torch.Tensor, ...]:
+        return (self.corpus.train,)
 
     def examples(self, ids: torch.Tensor) -> dict[str, Any]:
         from .lm_corpus import JUNK_KINDS

@@ -41,8 +41,9 @@ def test_reference_table_is_saved_and_reusable(tiny_idx_folder, tmp_path, capsys
     saved = out / "reference.safetensors"
     assert saved.exists()
     again = tmp_path / "again"
-    args = _small(tiny_idx_folder, again, "train.max_steps=5", "train.eval_every=5", "reference.kind=file", f"reference.path={saved}")
-    assert main(["train", str(RECIPE), *args]) == 0
+    reuse = ("reference.kind=file", f"reference.path={saved}")
+    args = _small(tiny_idx_folder, again, "train.max_steps=5", "train.eval_every=5", "seed=1", *reuse)
+    assert main(["train", str(RECIPE), *args]) == 0  # another run seed: the same samples, the same table
     assert not (again / "reference.safetensors").exists()
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert "reference_seconds" in first
@@ -50,6 +51,9 @@ def test_reference_table_is_saved_and_reusable(tiny_idx_folder, tmp_path, capsys
     bad.write_bytes(b"nonsense")
     assert_fails(capsys, "cannot read a reference table",
                  ["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "x", "reference.kind=file", f"reference.path={bad}")])
+    for other_data in ("data.noise_seed=5", "data.label_noise=0.1", "data.max_train_samples=200"):
+        assert_fails(capsys, "was built for other training data than this run's .*samples_sha256",
+                     ["train", str(RECIPE), *_small(tiny_idx_folder, tmp_path / "y", other_data, *reuse)])
 
 
 @pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")  # it extends the run on resume

@@ -4,7 +4,7 @@ from datasets import Dataset, IterableDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from online_select.hf import CausalLMLoss, add_ids, candidate_batches, lm_blocks, reference_table, save_reference_table
-from online_select.reference import ReferenceTable
+from online_select.reference import ReferenceMismatchError, ReferenceTable, samples_fingerprint
 
 
 def test_add_ids_map_style_and_streaming():
@@ -40,8 +40,6 @@ def test_candidate_batches_map_style_and_streaming_carry_ids():
 
 
 def test_reference_table_is_keyed_by_id_and_round_trips(tmp_path):
-    from safetensors.torch import load_file
-
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=8, n_layer=1, n_head=2))
     ids = torch.randint(0, 32, (10, 16))
@@ -51,9 +49,13 @@ def test_reference_table_is_keyed_by_id_and_round_trips(tmp_path):
         direct = CausalLMLoss()(model.eval(), {"input_ids": ids})
     assert torch.allclose(table.table, direct, atol=1e-5)
     assert table.extra.shape == (10, 2)
-    save_reference_table(table, str(tmp_path / "ref.safetensors"))
-    loaded = ReferenceTable.from_state_dict(load_file(str(tmp_path / "ref.safetensors")))
-    assert torch.equal(loaded.table, table.table)
+    fingerprint = {"tokens_sha256": samples_fingerprint(ids)}
+    save_reference_table(table, str(tmp_path / "ref.safetensors"), fingerprint)
+    loaded = ReferenceTable.load(tmp_path / "ref.safetensors", fingerprint)
+    assert torch.equal(loaded.table, table.table) and torch.equal(loaded.extra, table.extra)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ref.safetensors"]  # written through a renamed temporary
+    with pytest.raises(ReferenceMismatchError, match="tokens_sha256"):
+        ReferenceTable.load(tmp_path / "ref.safetensors", {"tokens_sha256": samples_fingerprint(ids[:5])})
 
 
 def test_reference_table_scores_a_dataset_smaller_than_a_batch():

@@ -14,9 +14,11 @@ from online_select import (
     OnlineSelector,
     ProxyModel,
     ReferenceCoverageError,
+    ReferenceMismatchError,
     ReferenceModel,
     ReferenceTable,
     Scorer,
+    samples_fingerprint,
 )
 from online_select.batch import BatchError, concat, take
 
@@ -267,6 +269,30 @@ def test_reference_table_features_are_its_rows_and_follow_replaced_losses(tmp_pa
     table.save(tmp_path / "t.safetensors")
     again = ReferenceTable.load(tmp_path / "t.safetensors")
     assert torch.equal(again.features(None, ids), features) and again.extra.shape == (4, 2)
+
+
+def test_a_reference_table_checks_the_fingerprint_it_was_saved_with(tmp_path):
+    path = tmp_path / "t.safetensors"
+    ReferenceTable(torch.tensor([0.5, 1.0])).save(path, {"task": "t", "samples_sha256": "abc"})
+    assert ReferenceTable.load(path, {"task": "t", "samples_sha256": "abc", "other": "x"}).table.tolist() == [0.5, 1.0]
+    with pytest.raises(ReferenceMismatchError, match="samples_sha256: 'abc' in the file, 'def' in this run"):
+        ReferenceTable.load(path, {"task": "t", "samples_sha256": "def"})
+    ReferenceTable(torch.tensor([0.5])).save(path)
+    with pytest.warns(UserWarning, match="saved without a fingerprint"):
+        ReferenceTable.load(path, {"samples_sha256": "abc"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ReferenceTable.load(path)
+
+
+def test_samples_fingerprint_names_values_dtype_and_shape():
+    x, y = torch.arange(6, dtype=torch.uint8).reshape(3, 2), torch.tensor([0, 1, 1])
+    same = samples_fingerprint(x, y)
+    assert samples_fingerprint(x.clone(), y.clone()) == same
+    assert samples_fingerprint(x.t().contiguous().t(), y) == same  # the layout in memory does not count
+    changed = [samples_fingerprint(x, torch.tensor([0, 1, 0])), samples_fingerprint(x.reshape(2, 3), y),
+               samples_fingerprint(x.long(), y), samples_fingerprint(x[:2], y[:2]), samples_fingerprint(x)]
+    assert same not in changed and len(set(changed)) == len(changed)
 
 
 def test_a_reference_table_never_writes_into_the_callers_losses():

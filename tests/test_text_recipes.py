@@ -62,9 +62,13 @@ def test_the_lm_task_takes_max_train_samples_at_random_and_cuts_validation_to_ev
     from online_select.tasks import build_task
 
     recipe = str(ROOT / "recipes" / "lm_noisy_corpus.yaml")
-    full = build_task(load_config(recipe, _lm_args(text_folder, tmp_path))).corpus
-    cut = build_task(load_config(recipe, _lm_args(text_folder, tmp_path, "data.max_train_samples=30", "data.eval_size=2"))).corpus
+    full_task = build_task(load_config(recipe, _lm_args(text_folder, tmp_path)))
+    cut_task = build_task(load_config(recipe, _lm_args(text_folder, tmp_path, "data.max_train_samples=30", "data.eval_size=2")))
+    full, cut = full_task.corpus, cut_task.corpus
     assert len(full.train) == 120 and len(cut.train) == 30 and cut.validation.shape[0] == 2
+    fingerprint = full_task.reference_fingerprint()  # a reference table saved for one cannot load into the other
+    assert fingerprint["online_select.num_ids"] == "120" and cut_task.reference_fingerprint()["online_select.num_ids"] == "30"
+    assert fingerprint == build_task(load_config(recipe, _lm_args(text_folder, tmp_path, "seed=3"))).reference_fingerprint()
     assert 0 < int(cut.noisy.sum()) < 30  # junk kept in proportion, not only the clean blocks that come first
     kind_of = {tuple(row): kind for row, kind in zip(full.train.tolist(), full.kind.tolist())}
     assert [kind_of[tuple(row)] for row in cut.train.tolist()] == cut.kind.tolist()
@@ -190,3 +194,9 @@ def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(t
     assert trained == set(range(160)) - held_out  # two epochs of the 120 others, never a held-out id
     losses = reference.table
     assert bool(losses[task.trained_ids].isfinite().all()) and bool(losses[task.holdout_ids].isnan().all())
+    other_noise = build_task(load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
+        f"model.pretrained_path={tmp_path / 'encoder'}", "data.extra.test_size=40", "data.max_length=16",
+        "data.label_noise=0.5"]))
+    fingerprint, other = task.reference_fingerprint(), other_noise.reference_fingerprint()
+    assert fingerprint["online_select.task"] == "rotten_tomatoes" and fingerprint["online_select.num_ids"] == "160"
+    assert other["online_select.samples_sha256"] != fingerprint["online_select.samples_sha256"]

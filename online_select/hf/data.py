@@ -192,8 +192,10 @@ def reference_table(
     return ReferenceTable(table[:, 0], table[:, 1:] if feats.shape[1] > 1 else None)
 
 
-def save_reference_table(table: ReferenceTable, path: str) -> None:
-    """Write a reference table with safetensors (load it with ``ReferenceTable.from_state_dict``)."""
-    from safetensors.torch import save_file
+def save_reference_table(table: ReferenceTable, path: str, fingerprint: Mapping[str, str] | None = None) -> None:
+    """Write a reference table with safetensors, atomically; load it with ``ReferenceTable.load(path, expect)``.
 
-    save_file({k: v.contiguous() for k, v in table.state_dict().items()}, path)
+    ``fingerprint`` (string keys and values) names the data the ids point at, e.g.
+    ``{"tokens_sha256": samples_fingerprint(token_ids)}`` (:func:`~online_select.reference.samples_fingerprint`);
+    a later load that expects another value for a stored key is an error."""
+    table.save(path, fingerprint)
