@@ -79,9 +79,9 @@ class DataConfig:
     hub_name: str = "zalando-datasets/fashion_mnist"
     label_noise: float = 0.3
     holdout_fraction: float = 0.1  # held out of training for a `holdout` reference
-    eval_size: int = 10000
+    eval_size: int = 10000  # test samples evaluated (0: all; images: a random subset fixed by noise_seed)
     noise_seed: int = 1234  # the corruption is part of the dataset: fixed across run seeds
-    max_train_samples: int = 0  # 0: all
+    max_train_samples: int = 0  # 0: all; else a random subset fixed by noise_seed, labels as in a full run
     text_column: str = "text"  # hub text datasets' text column (rotten_tomatoes)
     label_column: str = "label"  # hub datasets' label column (images, rotten_tomatoes)
     max_length: int = 64

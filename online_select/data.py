@@ -21,6 +21,8 @@ __all__ = [
     "read_idx",
     "load_idx_folder",
     "load_hub_image_classification",
+    "class_count",
+    "seeded_subset",
     "symmetric_label_noise",
     "TensorLoader",
 ]
@@ -122,6 +124,42 @@ def hub_image_splits(ds: Any, name: str, label_column: str = "label") -> dict[st
         out[f"{split}_images"] = np.stack([np.asarray(img) for img in part[images[0]]])
         out[f"{split}_labels"] = np.asarray(part[label_column])
     return out
+
+
+def class_count(train_labels: torch.Tensor, test_labels: torch.Tensor) -> int:
+    """The number of classes of integer labels that must be the class indices ``0..C-1``; labels that are not
+    (negative ones, 1-based ones, a class no training sample has) are a :class:`DataError` naming what is wrong."""
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        if labels.numel() == 0:
+            raise DataError(f"the {split} split has no labels")
+        if int(labels.min()) < 0:
+            raise DataError(
+                f"{int((labels < 0).sum())} {split} label(s) are negative (e.g. {int(labels.min())}, as unlabelled "
+                "rows often are): every sample needs a class index 0..C-1; drop the unlabelled rows"
+            )
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    missing = (torch.bincount(train_labels, minlength=num_classes) == 0).nonzero()[:, 0].tolist()
+    if missing == [0]:
+        raise DataError(
+            f"no training label is 0 and they run up to {num_classes - 1}: labels must be 0-based class indices "
+            "(subtract 1 from 1-based labels)"
+        )
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise DataError(
+            f"class(es) {shown} of 0..{num_classes - 1} have no training sample: labels must be the consecutive "
+            "class indices 0..C-1 (a class only the test split has cannot be learnt, and label noise would flip "
+            "labels into it)"
+        )
+    return num_classes
+
+
+def seeded_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """``size`` of the positions ``0..n-1`` at random (fixed by ``seed``), in increasing order; all of them when
+    ``size`` is 0 or at least ``n``. Not the first ``size``: a split sorted by label would lose its last classes."""
+    if not size or size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
 def symmetric_label_noise(

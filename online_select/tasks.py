@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, ConfigError
-from .data import TensorLoader, load_hub_image_classification, load_idx_folder, symmetric_label_noise
+from .data import (
+    TensorLoader,
+    class_count,
+    load_hub_image_classification,
+    load_idx_folder,
+    seeded_subset,
+    symmetric_label_noise,
+)
 from .losses import ClassificationLoss
 from .models import mlp_classifier, small_cnn
 from .reference import Reference, ReferenceTable, holdout_reference, samples_fingerprint, twin_halves_reference
@@ -115,8 +122,9 @@ def _pixels(images: Any, split: str) -> torch.Tensor:
 class ImageClassificationTask(Task):
     """Image classification from an MNIST-format IDX folder (or the hub), with symmetric label noise.
 
-    Training ids are positions in the original training split; with ``reference.kind=holdout`` a
-    ``data.holdout_fraction`` of them is held out for the reference model and never trained on.
+    Training ids are positions in the training split (in the subset ``data.max_train_samples`` draws at random,
+    if set); with ``reference.kind=holdout`` a ``data.holdout_fraction`` of them is held out for the reference
+    model and never trained on. Labels must be the class indices ``0..C-1``.
     """
 
     def __init__(self, config: Config) -> None:
@@ -135,17 +143,21 @@ class ImageClassificationTask(Task):
             train_x, test_x = train_x[:, None], test_x[:, None]
         elif train_x.ndim == 4 and train_x.shape[-1] in (1, 3):
             train_x, test_x = train_x.permute(0, 3, 1, 2), test_x.permute(0, 3, 1, 2)
-        if data.max_train_samples:
-            train_x, train_y = train_x[: data.max_train_samples], train_y[: data.max_train_samples]
+        self.num_classes = class_count(train_y, test_y)
+        # The noise is drawn over the whole split before max_train_samples takes its subset, so a sample keeps
+        # the label it has in a run on all the data.
+        noisy_y, is_noisy = symmetric_label_noise(train_y, data.label_noise, self.num_classes, data.noise_seed)
+        rows = seeded_subset(len(train_y), data.max_train_samples, data.noise_seed)
+        if len(rows) < len(train_y):
+            train_x, train_y, noisy_y, is_noisy = train_x[rows], train_y[rows], noisy_y[rows], is_noisy[rows]
         scaled = train_x.float() / 255.0
         self.standardize = StandardizedPixels(float(scaled.mean()), float(scaled.std()))
         del scaled
         self.train_pixels = train_x
-        self.test_x = self.standardize(test_x[: data.eval_size or None])
-        self.test_y = test_y[: data.eval_size or None]
-        self.num_classes = int(max(train_y.max(), test_y.max()) + 1)
+        test_rows = seeded_subset(len(test_y), data.eval_size, data.noise_seed)
+        self.test_x, self.test_y = self.standardize(test_x[test_rows]), test_y[test_rows]
         self.clean_y = train_y
-        self.train_y, self.is_noisy = symmetric_label_noise(train_y, data.label_noise, self.num_classes, data.noise_seed)
+        self.train_y, self.is_noisy = noisy_y, is_noisy
         n = len(train_y)
         self.train_ids = torch.arange(n)
         self.holdout_ids = torch.arange(0)

@@ -116,3 +116,59 @@ def test_image_task_loads_bytes_and_its_models_see_the_standardized_images(tiny_
     write_idx(floats / "train-images-idx3-ubyte", np.zeros((1200, 28, 28)), dtype=">f4")
     with pytest.raises(ValueError, match="train images are torch.float32: the image task reads 8-bit pixels"):
         build_task(load_config(RECIPE, [f"data.path={floats}"]))
+
+
+def test_class_count_names_labels_that_are_not_class_indices():
+    from online_select.data import class_count
+
+    assert class_count(torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0])) == 3
+    with pytest.raises(DataError, match="no training label is 0 and they run up to 10: labels must be 0-based"):
+        class_count(torch.arange(1, 11), torch.tensor([1, 10]))
+    with pytest.raises(DataError, match="2 test label.s. are negative .e.g. -1"):
+        class_count(torch.tensor([0, 1]), torch.tensor([-1, 0, -1]))
+    with pytest.raises(DataError, match=r"class\(es\) 2, 4 of 0..4 have no training sample"):
+        class_count(torch.tensor([0, 1, 3]), torch.tensor([4]))
+    with pytest.raises(DataError, match="the train split has no labels"):
+        class_count(torch.zeros(0, dtype=torch.long), torch.tensor([0]))
+
+
+def _label_sorted_copy(source, folder):
+    """The IDX folder ``source`` with both splits sorted by label, as some hub datasets come."""
+    raw = load_idx_folder(source)
+    folder.mkdir()
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        order = np.argsort(raw[f"{split}_labels"], kind="stable")
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", raw[f"{split}_images"][order])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", raw[f"{split}_labels"][order])
+    return folder
+
+
+def test_max_train_samples_draws_a_random_subset_that_keeps_each_samples_noisy_label(tiny_idx_folder, tmp_path):
+    from online_select.config import load_config
+    from online_select.data import seeded_subset
+    from online_select.tasks import build_task
+
+    folder = _label_sorted_copy(tiny_idx_folder, tmp_path / "sorted")
+    full = build_task(load_config(RECIPE, [f"data.path={folder}"]))
+    cut = build_task(load_config(RECIPE, [f"data.path={folder}", "data.max_train_samples=100", "data.eval_size=100"]))
+    rows = seeded_subset(1200, 100, full.config.data.noise_seed)
+    assert len(cut.train_ids) == 100 and len(cut.test_y) == 100
+    assert torch.equal(cut.train_pixels, full.train_pixels[rows]) and torch.equal(cut.clean_y, full.clean_y[rows])
+    assert torch.equal(cut.train_y, full.train_y[rows]) and torch.equal(cut.is_noisy, full.is_noisy[rows])
+    assert 0 < int(cut.is_noisy.sum()) < 100
+    assert set(cut.clean_y.tolist()) == set(range(10)) and set(cut.test_y.tolist()) == set(range(10))  # not the first classes
+    assert torch.equal(full.test_y, torch.from_numpy(load_idx_folder(folder)["test_labels"].astype("int64")))
+
+
+def test_an_image_folder_with_1_based_labels_is_an_error(tiny_idx_folder, tmp_path):
+    from online_select.config import load_config
+    from online_select.tasks import build_task
+
+    raw = load_idx_folder(tiny_idx_folder)
+    folder = tmp_path / "one_based"
+    folder.mkdir()
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", raw[f"{split}_images"])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", raw[f"{split}_labels"] + 1)
+    with pytest.raises(DataError, match="labels must be 0-based class indices"):
+        build_task(load_config(RECIPE, [f"data.path={folder}"]))

@@ -200,3 +200,9 @@ def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(t
     fingerprint, other = task.reference_fingerprint(), other_noise.reference_fingerprint()
     assert fingerprint["online_select.task"] == "rotten_tomatoes" and fingerprint["online_select.num_ids"] == "160"
     assert other["online_select.samples_sha256"] != fingerprint["online_select.samples_sha256"]
+    cut = build_task(load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
+        f"model.pretrained_path={tmp_path / 'encoder'}", "data.extra.test_size=40", "data.max_length=16",
+        "data.max_train_samples=50"]))
+    for field in ("labels", "noisy", "input_ids"):  # the first 50 rows, each with the label it has in the full run
+        assert torch.equal(cut.train_fields[field], task.train_fields[field][:50])
+    assert 0 < int(cut.train_fields["noisy"].sum()) < 50
