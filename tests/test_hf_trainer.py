@@ -222,6 +222,18 @@ def test_token_selection_trains_on_the_kept_fraction(tmp_path):
     assert shares and all(abs(s - 0.5) < 0.02 for s in shares)
 
 
+def test_a_token_selection_reference_model_moves_to_the_device_of_the_batches_it_scores():
+    from unittest import mock
+
+    reference = gpt2(seed=3)
+    token_selection = TokenSelection(keep=0.5, reference=reference)
+    batch = {"input_ids": torch.randint(0, 64, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    with mock.patch.object(reference, "to", wraps=reference.to) as moved:
+        first = token_selection.reference_losses(batch)
+        assert torch.equal(token_selection.reference_losses(batch), first) and first.shape == (2, 7)
+    moved.assert_called_once_with(torch.device("cpu"))  # once, on the first batch: not a copy every step
+
+
 def test_token_selection_alone_needs_a_causal_lm(tmp_path):
     with pytest.raises(ValueError, match="causal LM"):
         SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), token_selection=TokenSelection(0.5))

@@ -11,7 +11,7 @@ save compute; they combine: select sequences first, then tokens within them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -83,15 +83,16 @@ class TokenSelection:
 
     Args:
         keep: fraction of real target tokens trained on (Rho-1 used 0.6-0.7).
-        reference: a frozen reference causal LM (same tokenizer), or a function
-            ``batch -> [B, T - 1]`` reference token losses (e.g. looked up from a table by sample
-            id). ``None`` ranks tokens by the large model's own loss.
+        reference: a frozen reference causal LM (same tokenizer; moved to the device of the batches it
+            scores), or a function ``batch -> [B, T - 1]`` reference token losses (e.g. looked up from a
+            table by sample id). ``None`` ranks tokens by the large model's own loss.
         scope: ``"batch"`` or ``"sequence"`` (see :func:`select_tokens`).
     """
 
     keep: float = 0.7
     reference: nn.Module | Callable[[Mapping], torch.Tensor] | None = None
     scope: str = "batch"
+    _reference_device: torch.device | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _counts(torch.ones(1, 1, dtype=torch.bool), self.keep, self.scope)
@@ -107,6 +108,10 @@ class TokenSelection:
         if isinstance(self.reference, nn.Module):
             from .losses import CausalLMLoss
 
+            device = batch["input_ids"].device
+            if device != self._reference_device:  # the Trainer places only the model it trains
+                self.reference.to(device)
+                self._reference_device = device
             losses, _ = CausalLMLoss().token_losses(self.reference, batch)
             return losses
         return self.reference(batch)
