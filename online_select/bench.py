@@ -408,6 +408,20 @@ def finished_run(cfg: Config, out: str | Path, metric: str | None = None) -> boo
     return bool(steps) and steps[-1] == cfg.train.max_steps
 
 
+def finished_everywhere(cfg: Config, out: str | Path, metric: str | None = None) -> bool:
+    """:func:`finished_run` as every process must see it. Once a process group is up (a bench's runs after the
+    first), the main process may already be writing ``out`` for the next run while another still reads it, so
+    the main process decides and tells the others. Before that, no process writes before the group's rendezvous,
+    so each reads the folder itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return finished_run(cfg, out, metric)
+    decided = [finished_run(cfg, out, metric) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(decided, src=0)
+    return bool(decided[0])
+
+
 def _run_one(
     config: Config,
     policy: str,
@@ -436,7 +450,7 @@ def _run_one(
         cfg.train.eval_every = max(1, cfg.train.max_steps // evals_per_run)
     for key, value in overrides.items():
         setattr(cfg.selection, key, value)
-    if reuse and finished_run(cfg, out, comparison.metric):
+    if reuse and finished_everywhere(cfg, out, comparison.metric):
         if is_main_process():
             print(f"bench: reusing the finished run in {out}", flush=True)
     else:

@@ -21,9 +21,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.recipe, args.overrides)
     if args.reuse:
-        from .bench import finished_run
+        from .bench import finished_everywhere
 
-        if finished_run(config, config.output_dir):
+        if finished_everywhere(config, config.output_dir):
             if is_main_process():
                 print(f"online_select: reusing the finished run in {config.output_dir}")
             return 0

@@ -626,3 +626,26 @@ def test_cli_under_a_launcher_selects_what_one_process_selects(tiny_idx_folder, 
         (line["ids"], line["weights"], line["explored"]) for line in one
     ]
     assert read_meta(tmp_path / "two" / "checkpoints" / "step-00000006")["world_size"] == 2
+
+
+def _reuse_worker(out):
+    from accelerate import PartialState
+
+    from online_select.bench import finished_everywhere, finished_run
+    from online_select.config import config_to_dict
+
+    state = PartialState(cpu=True)
+    config = load_config(RECIPE, ["train.max_steps=4"])
+    folder = Path(out) / f"rank{state.process_index}"  # only the main process's folder holds a finished run
+    folder.mkdir()
+    if state.is_main_process:
+        (folder / "config.yaml").write_text(json.dumps(config_to_dict(config)))
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/accuracy": 0.5}) + "\n")
+    seen = {"own": finished_run(config, folder), "decided": finished_everywhere(config, folder)}
+    Path(f"{out}/reuse-{state.process_index}.json").write_text(json.dumps(seen))
+
+
+def test_reuse_is_decided_by_the_main_process_once_a_process_group_is_up(tmp_path):
+    launch_cpu_processes(_reuse_worker, args=(str(tmp_path),), num_processes=2)
+    seen = [json.loads((tmp_path / f"reuse-{rank}.json").read_text()) for rank in range(2)]
+    assert seen == [{"own": True, "decided": True}, {"own": False, "decided": True}]
