@@ -9,6 +9,7 @@ import sys
 
 import yaml
 
+from . import __version__
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 
@@ -96,6 +97,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="online-select", description="Online in-batch data selection.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a recipe (YAML) with dotted key=value overrides")
