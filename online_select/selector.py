@@ -467,11 +467,11 @@ class OnlineSelector:
         """
         start = time.perf_counter()
         self._check_no_open_plan()
-        n = batch_size(candidate_batch)
-        ids = self._ids(candidate_batch, ids, n)
         group = self._process_group()
         if group is not None and self.distributed == "global":
-            return self._select_global(group, candidate_batch, ids, n, start)
+            return self._select_global(group, candidate_batch, ids, start)
+        n = batch_size(candidate_batch)
+        ids = self._ids(candidate_batch, ids, n)
         k = resolve_keep(self.keep, n) if group is None else local_keep(self.keep, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
         scores, selection, eligible = self._choose(signals, k, stacklevel=3)
@@ -750,25 +750,53 @@ class OnlineSelector:
             stacklevel=stacklevel,
         )
 
-    def _select_global(
-        self, group: ProcessGroup, candidate_batch: Any, ids: torch.Tensor | None, n: int, start: float
-    ) -> SelectedBatch:
-        """Gather every candidate's signals and id, choose over all of them exactly as one process
-        would from the concatenated batch, and move the selected samples to where they train."""
+    def _global_candidates(self, candidate_batch: Any, ids: Any) -> tuple:
+        """This process's part of a global selection: its candidates' rows (id, then one column per signal in
+        ``SIGNALS`` order, zeros where the policy reads none, so every process sends the same width), the signal
+        names present, and the payload that moves with the picks."""
+        n = batch_size(candidate_batch)
+        ids = self._ids(candidate_batch, ids, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
         names = [name for name in SIGNALS if getattr(signals, name) is not None]
         columns = [ids.double() if ids is not None else torch.full((n,), -1.0, dtype=torch.float64)]
-        columns += [getattr(signals, name).detach().double().cpu() for name in names]
+        columns += [
+            torch.zeros(n, dtype=torch.float64) if getattr(signals, name) is None
+            else getattr(signals, name).detach().double().cpu()
+            for name in SIGNALS
+        ]
         extras = {
             name: value
             for name, value in (("features", features), ("predicted", predicted), ("reference", reference_loss))
             if value is not None
         }
         payload = {"batch": candidate_batch, "extras": extras}
-        specs = field_specs(payload)
-        headers, parts = group.all_gather_rows(
-            torch.stack(columns, 1), torch.tensor([float(fields_signature(specs))]), self._row_bounds.get("candidates")
-        )
+        return torch.stack(columns, 1), ids, names, payload, field_specs(payload)
+
+    def _select_global(self, group: ProcessGroup, candidate_batch: Any, ids: Any, start: float) -> SelectedBatch:
+        """Gather every candidate's signals and id, choose over all of them exactly as one process
+        would from the concatenated batch, and move the selected samples to where they train.
+
+        A process that cannot take part (an empty batch, an id the reference lacks, a loss of the wrong shape)
+        still joins the gather, flagged, so every process stops with an error instead of waiting for it."""
+        try:
+            rows, ids, names, payload, specs = self._global_candidates(candidate_batch, ids)
+            header, failure = torch.tensor([float(fields_signature(specs)), 0.0]), None
+        except Exception as error:  # noqa: BLE001 (re-raised below, once the other processes know)
+            rows, header, failure = torch.zeros((0, 1 + len(SIGNALS)), dtype=torch.float64), torch.tensor([0.0, 1.0]), error
+        try:
+            headers, parts = group.all_gather_rows(rows, header, self._row_bounds.get("candidates"))
+        except Exception:
+            if failure is not None:
+                raise failure from None
+            raise
+        if bool(headers[:, 1].any()):
+            messages = group.all_gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+            if failure is not None:
+                raise failure
+            failed = ", ".join(f"rank {rank} ({message})" for rank, message in enumerate(messages) if message)
+            raise DistributedSelectionError(
+                f"global selection stopped on every process: {failed} could not take part in this step"
+            )
         if len(set(headers[:, 0].tolist())) > 1:
             raise DistributedSelectionError(
                 f"distributed='global' moves selected samples between processes, so every process's batch needs "
@@ -787,8 +815,8 @@ class OnlineSelector:
                 "that each need at least one sample to train on"
             )
         global_signals = Signals(batch_size=total, generator=self.generator)
-        for i, name in enumerate(names):
-            setattr(global_signals, name, table[:, i + 1].float())
+        for name in names:
+            setattr(global_signals, name, table[:, 1 + SIGNALS.index(name)].float())
         scores, selection, eligible = self._choose(global_signals, k)
         offsets = torch.tensor([0] + counts).cumsum(0)
         owners = torch.searchsorted(offsets[1:], selection.indices, right=True)

@@ -634,6 +634,7 @@ def _reuse_worker(out):
     from online_select.bench import finished_everywhere, finished_run
     from online_select.config import config_to_dict
 
+    _start_worker()
     state = PartialState(cpu=True)
     config = load_config(RECIPE, ["train.max_steps=4"])
     folder = Path(out) / f"rank{state.process_index}"  # only the main process's folder holds a finished run
@@ -643,9 +644,51 @@ def _reuse_worker(out):
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/accuracy": 0.5}) + "\n")
     seen = {"own": finished_run(config, folder), "decided": finished_everywhere(config, folder)}
     Path(f"{out}/reuse-{state.process_index}.json").write_text(json.dumps(seen))
+    faulthandler.cancel_dump_traceback_later()
 
 
 def test_reuse_is_decided_by_the_main_process_once_a_process_group_is_up(tmp_path):
     launch_cpu_processes(_reuse_worker, args=(str(tmp_path),), num_processes=2)
     seen = [json.loads((tmp_path / f"reuse-{rank}.json").read_text()) for rank in range(2)]
     assert seen == [{"own": True, "decided": True}, {"own": False, "decided": True}]
+
+
+def _global_failure_worker(out):
+    _start_worker()
+    rank = dist.get_rank()
+    selector = _configs()["learnability"](4, "global")
+    outcomes = []
+
+    def step(index, batch):
+        try:
+            selected = selector.select(batch)
+        except Exception as error:
+            outcomes.append([type(error).__name__, str(error)])
+            return
+        selector.observe(selected, _observed_losses(selected.batch, index))
+        outcomes.append(["ok", selected.k])
+
+    step(0, _candidates(0, 2, rank))  # a first step sets the gather's row bound: later ones take one collective
+    unknown = _candidates(1, 2, rank)
+    if rank == 1:
+        unknown["id"] = unknown["id"] + 5000  # ids the reference table does not cover
+    step(1, unknown)
+    empty = _candidates(2, 2, rank)
+    if rank == 1:
+        empty = {key: value[:0] for key, value in empty.items()}
+    step(2, empty)
+    step(3, _candidates(3, 2, rank))  # both go on, in step
+    selector.check_synchronized()
+    Path(f"{out}/global-failure-{rank}.json").write_text(json.dumps(outcomes))
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_a_process_that_cannot_take_part_in_a_global_selection_stops_every_process_with_its_reason(tmp_path):
+    launch_cpu_processes(_global_failure_worker, args=(str(tmp_path),), num_processes=2)
+    first, second = (json.loads((tmp_path / f"global-failure-{rank}.json").read_text()) for rank in range(2))
+    assert first[0] == second[0] == ["ok", 4] and first[3] == second[3] == ["ok", 4]
+    assert second[1][0] == "ReferenceCoverageError" and "5" in second[1][1]
+    assert first[1][0] == "DistributedSelectionError"
+    assert "global selection stopped on every process: rank 1 (ReferenceCoverageError: " in first[1][1]
+    assert first[2][0] == "DistributedSelectionError" and f"rank 1 ({second[2][0]}: " in first[2][1]
+    assert "empty" in second[2][1], second[2]
