@@ -38,6 +38,9 @@ __all__ = [
 class ReferenceCoverageError(KeyError):
     """A candidate's sample id has no reference loss."""
 
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 class ReferenceMismatchError(ValueError):
     """A saved reference table was built for other training data than the run that loads it."""
@@ -74,9 +77,6 @@ def _check_fingerprint(path: str, found: Mapping[str, str], expected: Mapping[st
             "are keyed by sample id, so they would score other samples: rebuild it for this run's data (a recipe's "
             "data path, label_noise, noise_seed and max_train_samples must match the run that saved it)"
         )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Reference:
