@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._warn import warn_user
 from .batch import batch_size
 from .losses import ModelLoss, check_per_sample_loss
 from .memory import check_ids, checked_ids_and_max
@@ -61,12 +62,10 @@ def _check_fingerprint(path: str, found: Mapping[str, str], expected: Mapping[st
     if not expected:
         return
     if not set(found) & set(expected):
-        import warnings
-
-        warnings.warn(
+        warn_user(
             f"online_select: the reference table {path!r} was saved without a fingerprint of its training data, so "
             "nothing checks that its sample ids point at this run's samples (label noise, data folder, sample count)",
-            stacklevel=3,
+            UserWarning,
         )
         return
     differ = [key for key in expected if key in found and found[key] != expected[key]]

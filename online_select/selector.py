@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from ._tensors import all_finite
+from ._warn import warn_user
 from .batch import batch_size, concat, map_fields, take
 from .distributed import (
     MODES,
@@ -474,7 +474,7 @@ class OnlineSelector:
         ids = self._ids(candidate_batch, ids, n)
         k = resolve_keep(self.keep, n) if group is None else local_keep(self.keep, n)
         signals, features, predicted, reference_loss = self._signals(candidate_batch, ids, n)
-        scores, selection, eligible = self._choose(signals, k, stacklevel=3)
+        scores, selection, eligible = self._choose(signals, k)
         selected = self._package(candidate_batch, selection, scores, ids, features, predicted, reference_loss, start)
         selected.eligible = eligible
         return selected
@@ -664,20 +664,16 @@ class OnlineSelector:
             signals.proxy_loss = check_per_sample_loss(self.proxy.losses(candidate_batch), n, "the proxy's loss")
         return signals, features, predicted, reference_loss
 
-    def _choose(
-        self, signals: Signals, k: int, stacklevel: int = 4
-    ) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:
-        """Scores, the selection rule's pick and the eligible mask over the candidates the signals describe
-        (``stacklevel`` points a warning at the user's call)."""
+    def _choose(self, signals: Signals, k: int) -> tuple[torch.Tensor, Selection, torch.Tensor | None]:
+        """Scores, the selection rule's pick and the eligible mask over the candidates the signals describe."""
         n = signals.batch_size
         if not self._explore_checked:
             self._explore_checked = True
             if self.explore > 0 and self.scorer is not None and round(self.explore * k) == 0:
-                warnings.warn(
+                warn_user(
                     f"explore={self.explore:g} of k={k} rounds to no exploration pick, so the scorer learns only from "
                     f"the samples its own scores chose (biased targets): use explore >= {1 / k:.2g} or a larger k",
                     ExplorationWarning,
-                    stacklevel=stacklevel,
                 )
         eligible = self.policy.eligible(signals, label_floor=self.label_floor)
         if self.step < self.warmup_steps:
@@ -708,14 +704,13 @@ class OnlineSelector:
         if self.rule == "sample":
             self._spread_inputs.append((scores, eligible, self.temperature))
             if len(self._spreads) + len(self._spread_inputs) >= FLAT_WINDOW:
-                self._count_spreads(stacklevel=5)
+                self._count_spreads()
         return scores, selection, eligible
 
-    def _count_spreads(self, stacklevel: int = 4) -> None:
+    def _count_spreads(self) -> None:
         """Measure the spread of the eligible scores of the sampled steps not measured yet, and judge
-        each full window of them (``stacklevel`` points the warning at the user's call). Deferred from
-        the steps themselves: measured together they cost a fraction of measuring each right after the
-        large model's step."""
+        each full window of them. Deferred from the steps themselves: measured together they cost a
+        fraction of measuring each right after the large model's step."""
         inputs, self._spread_inputs = self._spread_inputs, []
         for scores, eligible, temperature in inputs:
             if eligible is not None:
@@ -727,9 +722,9 @@ class OnlineSelector:
             self._flat_score_steps += spread < FLAT_SPREAD * temperature
             self._spreads.append(spread)
             if len(self._spreads) >= FLAT_WINDOW:
-                self._judge_spreads(scores, temperature, stacklevel)
+                self._judge_spreads(scores, temperature)
 
-    def _judge_spreads(self, scores: torch.Tensor, temperature: float, stacklevel: int) -> None:
+    def _judge_spreads(self, scores: torch.Tensor, temperature: float) -> None:
         """Warn once if the scores were flat on most steps of the window that just filled."""
         flat_below = FLAT_SPREAD * temperature
         spreads, self._spreads = torch.tensor(self._spreads), []
@@ -742,12 +737,11 @@ class OnlineSelector:
         else:
             advice = (f"The scores are all but equal: check what the {self.policy.name} policy reads (e.g. a "
                       "reference table with one value, or a scorer that does not learn)")
-        warnings.warn(
+        warn_user(
             f"rule='sample' at temperature {temperature:g}: on {FLAT_SHARE:.0%} or more of the last "
             f"{FLAT_WINDOW} steps the eligible candidates' {self.policy.name} scores spanned less than "
             f"{FLAT_SPREAD:g} x the temperature (median {typical:.3g}), so sampling picks nearly at random. {advice}",
             FlatScoresWarning,
-            stacklevel=stacklevel,
         )
 
     def _global_candidates(self, candidate_batch: Any, ids: Any) -> tuple:

@@ -180,8 +180,9 @@ def test_ids_come_from_a_batch_encoding_and_fields_that_are_not_ids_are_named():
 def test_exploration_that_rounds_to_no_pick_warns_once():
     selector = _selector(explore=0.125)
     selector.keep = 4
-    with pytest.warns(ExplorationWarning, match=r"explore=0.125 of k=4 rounds to no exploration pick"):
+    with pytest.warns(ExplorationWarning, match=r"explore=0.125 of k=4 rounds to no exploration pick") as caught:
         selector.select(_batch())
+    assert caught[0].filename == __file__  # the user's call, not the library's frames or torch's decorator
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         selector.select(_batch(start=32))
@@ -278,8 +279,9 @@ def test_a_reference_table_checks_the_fingerprint_it_was_saved_with(tmp_path):
     with pytest.raises(ReferenceMismatchError, match="samples_sha256: 'abc' in the file, 'def' in this run"):
         ReferenceTable.load(path, {"task": "t", "samples_sha256": "def"})
     ReferenceTable(torch.tensor([0.5])).save(path)
-    with pytest.warns(UserWarning, match="saved without a fingerprint"):
+    with pytest.warns(UserWarning, match="saved without a fingerprint") as caught:
         ReferenceTable.load(path, {"samples_sha256": "abc"})
+    assert caught[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ReferenceTable.load(path)
@@ -481,6 +483,7 @@ def test_sampling_on_flat_scores_warns_once(scale, rule, warns, advice):
     assert selector.flat_score_steps == (2 * FLAT_WINDOW + 10 if warns else 0)
     if warns:
         assert "picks nearly at random" in str(flat[0].message) and advice in str(flat[0].message)
+        assert flat[0].filename == __file__
 
 
 def test_a_resumed_selector_warns_of_flat_scores_when_an_uninterrupted_one_would():
