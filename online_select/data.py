@@ -138,18 +138,21 @@ def class_count(train_labels: torch.Tensor, test_labels: torch.Tensor) -> int:
                 "rows often are): every sample needs a class index 0..C-1; drop the unlabelled rows"
             )
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    missing = (torch.bincount(train_labels, minlength=num_classes) == 0).nonzero()[:, 0].tolist()
-    if missing == [0]:
+    present = torch.unique(train_labels)
+    absent = num_classes - present.numel()
+    if absent == 1 and int(present[0]) == 1:
         raise DataError(
             f"no training label is 0 and they run up to {num_classes - 1}: labels must be 0-based class indices "
             "(subtract 1 from 1-based labels)"
         )
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+    if absent:
+        # The first absent classes lie below len(present) + 10, so naming them needs no table of every class.
+        first = torch.arange(min(num_classes, present.numel() + 10))
+        shown = ", ".join(map(str, first[~torch.isin(first, present)].tolist())) + (", ..." if absent > 10 else "")
         raise DataError(
-            f"class(es) {shown} of 0..{num_classes - 1} have no training sample: labels must be the consecutive "
-            "class indices 0..C-1 (a class only the test split has cannot be learnt, and label noise would flip "
-            "labels into it)"
+            f"{absent} class(es) of 0..{num_classes - 1} have no training sample ({shown}): labels must be the "
+            "consecutive class indices 0..C-1 (a class only the test split has cannot be learnt, and label noise "
+            "would flip labels into it)"
         )
     return num_classes
 

@@ -126,8 +126,10 @@ def test_class_count_names_labels_that_are_not_class_indices():
         class_count(torch.arange(1, 11), torch.tensor([1, 10]))
     with pytest.raises(DataError, match="2 test label.s. are negative .e.g. -1"):
         class_count(torch.tensor([0, 1]), torch.tensor([-1, 0, -1]))
-    with pytest.raises(DataError, match=r"class\(es\) 2, 4 of 0..4 have no training sample"):
+    with pytest.raises(DataError, match=r"2 class\(es\) of 0..4 have no training sample \(2, 4\)"):
         class_count(torch.tensor([0, 1, 3]), torch.tensor([4]))
+    with pytest.raises(DataError, match=r"3999999998 class\(es\) of 0..4000000000 have no training sample \(2, 3, .*12, \.\.\.\)"):
+        class_count(torch.tensor([0, 1, 4_000_000_000]), torch.tensor([0]))  # named without a table of every class
     with pytest.raises(DataError, match="the train split has no labels"):
         class_count(torch.zeros(0, dtype=torch.long), torch.tensor([0]))
 
