@@ -148,7 +148,7 @@ class SelectionConfig:
     # train.max_steps), relaxing selection toward uniform over the eligible samples; None: constant.
     temperature_end: float | None = None
     importance_weights: bool = False
-    label_floor: Any = "auto"  # auto: 1/num_classes for classifiers
+    label_floor: Any = "auto"  # auto: 1/num_classes for classifiers; fit: fitted to the reference's losses
     warmup_steps: int = 0
     # A sample trained on this many times whose observed loss still puts its label under the label floor
     # becomes ineligible (OnlineSelector.reject_unlearned); 0: never. Policies without a scorer ignore it.
@@ -382,8 +382,8 @@ def _check_choices(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     floor = config.selection.label_floor
-    if floor != "auto" and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1):
-        raise ConfigError(f"selection.label_floor={floor!r} is neither auto nor a probability in [0, 1)")
+    if floor not in ("auto", "fit") and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1):
+        raise ConfigError(f"selection.label_floor={floor!r} is neither auto, fit nor a probability in [0, 1)")
     counts = {
         "train.threads": config.train.threads,  # 0: torch's default
         "train.warmup_steps": config.train.warmup_steps,

@@ -47,9 +47,10 @@ from .checkpoint import (
     register_state,
     save_accelerator_checkpoint,
 )
-from .config import SCHEDULES, Config, config_to_dict
+from .config import SCHEDULES, Config, ConfigError, config_to_dict
 from .distributed import ProcessGroup
 from .losses import finite_gradients
+from .policies import fit_label_floor, get_policy
 from .reference import ReferenceTable
 from .rules import annealed_temperature
 from .scorer import Scorer
@@ -85,6 +86,21 @@ def resolve_keep_count(keep: float, candidate_batch_size: int) -> int | float:
     return float(keep)
 
 
+def _label_floor(setting: Any, task: Task, reference: Any) -> float:
+    """The recipe's ``selection.label_floor``: ``auto`` is the task's (1/num_classes), ``fit`` is fitted to the
+    reference table's losses (:func:`~online_select.policies.fit_label_floor`), a number is itself."""
+    if setting == "auto" or (setting == "fit" and reference is None):  # no reference: no label is judged
+        return task.label_floor()
+    if setting == "fit":
+        if not isinstance(reference, ReferenceTable):
+            raise ConfigError(
+                "selection.label_floor=fit fits the floor to a reference table's losses: use reference.kind "
+                "twin_halves, holdout or file, or a fixed floor"
+            )
+        return fit_label_floor(reference.table)
+    return float(setting)
+
+
 def build_selector(
     config: Config, task: Task, large_loss_fn: Callable[[Any], torch.Tensor], keep: int | float | None = None
 ) -> tuple[OnlineSelector, dict]:
@@ -93,8 +109,6 @@ def build_selector(
     ``keep``: the selector's count or ratio, if not the recipe's ``selection.keep`` (the loop's uniform
     baseline loads only the k samples it trains on, and keeps all k)."""
     sel = config.selection
-    from .policies import get_policy
-
     policy = get_policy(sel.policy)
     reference, report = None, {}
     if policy.needs_reference or (policy.needs_scorer and config.reference.kind != "none"):
@@ -110,7 +124,9 @@ def build_selector(
             age_scale=config.scorer.age_scale,
             update_every=config.scorer.update_every,
         )
-    label_floor = task.label_floor() if sel.label_floor == "auto" else float(sel.label_floor)
+    label_floor = _label_floor(sel.label_floor, task, reference)
+    if sel.label_floor == "fit" and reference is not None:
+        report = {**report, "label_floor_fitted": label_floor}
     selector = OnlineSelector(
         policy,
         resolve_keep_count(sel.keep, sel.candidate_batch_size) if keep is None else keep,

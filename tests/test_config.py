@@ -89,9 +89,9 @@ def test_a_key_given_twice_in_a_recipe_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("selection.label_floor=abc", "selection.label_floor='abc' is neither auto nor a probability in [0, 1)"),
-    ("selection.label_floor=null", "selection.label_floor=None is neither auto nor a probability"),
-    ("selection.label_floor=1.5", "selection.label_floor=1.5 is neither auto nor a probability"),
+    ("selection.label_floor=abc", "selection.label_floor='abc' is neither auto, fit nor a probability in [0, 1)"),
+    ("selection.label_floor=null", "selection.label_floor=None is neither auto, fit nor a probability"),
+    ("selection.label_floor=1.5", "selection.label_floor=1.5 is neither auto, fit nor a probability"),
     ("train.threads=-1", "train.threads=-1 is negative"),
     ("train.keep_checkpoints=-2", "train.keep_checkpoints=-2 is negative"),
     ("data.max_train_samples=-5", "data.max_train_samples=-5 is negative"),

@@ -78,6 +78,22 @@ def test_the_recipe_sets_the_scorer_heads_width(tiny_idx_folder, tmp_path):
     assert selector.scorer.hidden == 16
 
 
+def test_a_fitted_label_floor_comes_from_the_reference_table(tiny_idx_folder, tmp_path):
+    from online_select.config import ConfigError
+    from online_select.loop import _label_floor, build_selector
+    from online_select.policies import fit_label_floor
+    from online_select.reference import ReferenceModel
+
+    config = load_config(RECIPE, small_run(tiny_idx_folder, tmp_path / "run", "selection.label_floor=fit"))
+    task = build_task(config)
+    selector, report = build_selector(config, task, lambda batch: task.loss(task.large_model(), batch))
+    assert selector.label_floor == report["label_floor_fitted"] == fit_label_floor(selector.reference.table)
+    assert 0 < selector.label_floor < 1
+    assert _label_floor("fit", task, None) == task.label_floor()  # no reference judges the labels
+    with pytest.raises(ConfigError, match="label_floor=fit fits the floor to a reference table"):
+        _label_floor("fit", task, ReferenceModel(task.large_model(), task.loss))
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """Accelerate keeps one process-wide state whose precision cannot change: reset it around the test, as

@@ -83,3 +83,20 @@ def test_learnability_policies_exclude_implausible_labels():
     assert mask.tolist() == [True, False, True, False, True, True]
     assert get_policy("predicted_learnability").eligible(s, label_floor=0.0) is None
     assert get_policy("reducible_loss").eligible(s, label_floor=0.1) is None
+
+
+def test_a_fitted_label_floor_lies_between_the_plausible_and_the_implausible_labels():
+    from online_select.policies import fit_label_floor
+
+    g = torch.Generator().manual_seed(0)
+    plausible = torch.exp(torch.randn(7000, generator=g) * 0.8 - 2.5)  # p_ref around 0.92
+    implausible = torch.exp(torch.randn(3000, generator=g) * 0.3 + 1.3)  # p_ref around 0.03
+    losses = torch.cat([plausible, implausible, torch.full((50,), float("nan"))])  # ids the reference lacks
+    floor = fit_label_floor(losses)
+    kept = plausible_labels(losses, floor)
+    assert float(kept[:7000].float().mean()) > 0.99 and float(kept[7000:10000].float().mean()) < 0.01
+    assert floor == fit_label_floor(losses[torch.randperm(losses.numel(), generator=g)])  # order does not matter
+    with pytest.raises(ValueError, match="no second group of labels"):
+        fit_label_floor(plausible)
+    with pytest.raises(ValueError, match="10 or more finite reference losses, got 3"):
+        fit_label_floor(torch.tensor([0.1, 2.0, float("nan"), 3.0]))
