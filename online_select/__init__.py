@@ -7,7 +7,7 @@ model's forward, loss and update; the scorer then learns from the large model's 
 from .batch import BatchError, batch_size, take
 from .losses import ClassificationLoss, LossShapeError, NonFiniteLossError, check_per_sample_loss, finite_gradients
 from .memory import LossMemory
-from .policies import POLICIES, Policy, Signals, get_policy, learnability
+from .policies import POLICIES, Policy, Signals, fit_label_floor, get_policy, learnability
 from .reference import (
     Reference,
     ReferenceCoverageError,
@@ -60,6 +60,7 @@ __all__ = [
     "batch_size",
     "check_per_sample_loss",
     "finite_gradients",
+    "fit_label_floor",
     "get_policy",
     "holdout_reference",
     "learnability",

@@ -86,7 +86,7 @@ def test_learnability_policies_exclude_implausible_labels():
 
 
 def test_a_fitted_label_floor_lies_between_the_plausible_and_the_implausible_labels():
-    from online_select.policies import fit_label_floor
+    from online_select import fit_label_floor
 
     g = torch.Generator().manual_seed(0)
     plausible = torch.exp(torch.randn(7000, generator=g) * 0.8 - 2.5)  # p_ref around 0.92
