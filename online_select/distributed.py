@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._tensors import tensors_sha256
 from .batch import BatchError, map_fields, per_sample_fields, take
 from .rules import resolve_keep
 
@@ -182,12 +183,7 @@ def end_process_group() -> None:
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> int:
     """A 63-bit digest of the tensors' dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return int.from_bytes(digest.digest()[:8], "big") >> 1
+    return int.from_bytes(tensors_sha256(tensors)[:8], "big") >> 1
 
 
 def local_keep(keep: int | float, batch_size: int) -> int:

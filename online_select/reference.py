@@ -7,7 +7,6 @@ so no data is held back and no sample is scored by a model that saw it).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensors import tensors_sha256
 from ._warn import warn_user
 from .batch import batch_size
 from .losses import ModelLoss, check_per_sample_loss
@@ -50,12 +50,7 @@ class ReferenceMismatchError(ValueError):
 def samples_fingerprint(*tensors: torch.Tensor) -> str:
     """SHA-256 of tensors indexed by sample id (each one's dtype, shape and values), e.g. a task's inputs and
     (noisy) labels: the data a reference table's ids point at."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return tensors_sha256(tensors).hex()
 
 
 def _check_fingerprint(path: str, found: Mapping[str, str], expected: Mapping[str, str]) -> None:
@@ -207,12 +202,11 @@ class ReferenceTable(Reference):
         With ``expect`` (the loading run's fingerprint), a key the file stores with another value raises
         :class:`ReferenceMismatchError`; a file saved without a fingerprint loads with a warning."""
         from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path))
             with safe_open(str(path), framework="pt") as file:
                 found = file.metadata() or {}
+                state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (a handle, not a dict)
         except (OSError, SafetensorError) as exc:
             raise ValueError(f"cannot read a reference table from {str(path)!r}: {exc}") from None
         if "losses" not in state:
