@@ -19,12 +19,12 @@ Run: python benchmarks/class_thresholds.py [--seeds N] [recipe overrides...]    
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 from levers import RECIPE
 from noise_ceiling import kept_errors
 
+from online_select.bench import _fmt
 from online_select.config import load_config
 from online_select.tasks import build_task
 
@@ -59,15 +59,12 @@ def main() -> None:
             kept[score.argsort()[:count]] = False
             errors.setdefault(name, []).append(kept_errors(kept, task.is_noisy))
 
-    def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
-
     print(f"\n{args.seeds} seed(s) of the twin-halves reference; each rule excludes as many samples as the floor "
-          f"{floor:g} ({fmt(shares)}% of them); errors against the true noise flags (mean ± std over seeds)\n")
+          f"{floor:g} ({_fmt(shares, 2)}% of them); errors against the true noise flags (mean ± std over seeds)\n")
     print("| rule | clean samples excluded % | noisy share of the kept % |")
     print("|---|---|---|")
     for name, pairs in errors.items():
-        print(f"| {name} | {fmt([c for c, _ in pairs])} | {fmt([n for _, n in pairs])} |")
+        print(f"| {name} | {_fmt([c for c, _ in pairs], 2)} | {_fmt([n for _, n in pairs], 2)} |")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ Run: python benchmarks/label_floor_fit.py [--seeds N] [--noise 0.1,0.3,0.5] [rec
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 
 import torch
 from levers import RECIPE
 from noise_ceiling import kept_errors
 
+from online_select.bench import _fmt
 from online_select.config import load_config
 from online_select.policies import fit_label_floor, plausible_labels
 from online_select.tasks import build_task
@@ -51,15 +50,8 @@ def main() -> None:
             rows.setdefault("excluding the true noise count", []).append(
                 (float("nan"), 100 - 100 * float(kept.float().mean()), *kept_errors(kept, task.is_noisy)))
         for name, values in rows.items():
-            cells = [_fmt([v[i] for v in values], 4 if i == 0 else 2) for i in range(4)]
+            cells = [_fmt([v[i] for v in values], 4 if i == 0 else 2, missing="–") for i in range(4)]
             print(f"| {noise:g} | {name} | " + " | ".join(cells) + " |")
-
-
-def _fmt(values: list[float], digits: int) -> str:
-    if any(math.isnan(v) for v in values):
-        return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -134,15 +134,21 @@ def test_class_count_names_labels_that_are_not_class_indices():
         class_count(torch.zeros(0, dtype=torch.long), torch.tensor([0]))
 
 
-def _label_sorted_copy(source, folder):
-    """The IDX folder ``source`` with both splits sorted by label, as some hub datasets come."""
+def _rewritten_copy(source, folder, rewrite):
+    """The IDX folder ``source`` with each split's ``(images, labels)`` passed through ``rewrite``."""
     raw = load_idx_folder(source)
     folder.mkdir()
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        order = np.argsort(raw[f"{split}_labels"], kind="stable")
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", raw[f"{split}_images"][order])
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", raw[f"{split}_labels"][order])
+        images, labels = rewrite(raw[f"{split}_images"], raw[f"{split}_labels"])
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+def _by_label(images, labels):
+    """Both splits sorted by label, as some hub datasets come."""
+    order = np.argsort(labels, kind="stable")
+    return images[order], labels[order]
 
 
 def test_max_train_samples_draws_a_random_subset_that_keeps_each_samples_noisy_label(tiny_idx_folder, tmp_path):
@@ -150,7 +156,7 @@ def test_max_train_samples_draws_a_random_subset_that_keeps_each_samples_noisy_l
     from online_select.data import seeded_subset
     from online_select.tasks import build_task
 
-    folder = _label_sorted_copy(tiny_idx_folder, tmp_path / "sorted")
+    folder = _rewritten_copy(tiny_idx_folder, tmp_path / "sorted", _by_label)
     full = build_task(load_config(RECIPE, [f"data.path={folder}"]))
     cut = build_task(load_config(RECIPE, [f"data.path={folder}", "data.max_train_samples=100", "data.eval_size=100"]))
     rows = seeded_subset(1200, 100, full.config.data.noise_seed)
@@ -166,11 +172,6 @@ def test_an_image_folder_with_1_based_labels_is_an_error(tiny_idx_folder, tmp_pa
     from online_select.config import load_config
     from online_select.tasks import build_task
 
-    raw = load_idx_folder(tiny_idx_folder)
-    folder = tmp_path / "one_based"
-    folder.mkdir()
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", raw[f"{split}_images"])
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", raw[f"{split}_labels"] + 1)
+    folder = _rewritten_copy(tiny_idx_folder, tmp_path / "one_based", lambda images, labels: (images, labels + 1))
     with pytest.raises(DataError, match="labels must be 0-based class indices"):
         build_task(load_config(RECIPE, [f"data.path={folder}"]))

@@ -182,10 +182,13 @@ def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(t
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(6)) + " good movie ." for _ in range(200)]
     monkeypatch.setattr(text_tasks, "load_rotten_tomatoes", lambda source, hub_name, text_column, label_column: (texts, [1] * 200))
-    config = load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
-        f"model.pretrained_path={_tiny_encoder(tmp_path / 'encoder')}", "data.extra.test_size=40", "data.max_length=16",
-        "reference.kind=holdout", "data.holdout_fraction=0.25", "reference.model=bow", "reference.epochs=1"])
-    task = build_task(config)
+    encoder = _tiny_encoder(tmp_path / "encoder")
+
+    def rt_task(*overrides):
+        return build_task(load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
+            f"model.pretrained_path={encoder}", "data.extra.test_size=40", "data.max_length=16", *overrides]))
+
+    task = rt_task("reference.kind=holdout", "data.holdout_fraction=0.25", "reference.model=bow", "reference.epochs=1")
     reference, _ = task.build_reference(0)
     held_out = set(task.holdout_ids.tolist())
     assert len(held_out) == 40
@@ -194,15 +197,10 @@ def test_a_holdout_reference_for_rotten_tomatoes_never_sees_what_is_trained_on(t
     assert trained == set(range(160)) - held_out  # two epochs of the 120 others, never a held-out id
     losses = reference.table
     assert bool(losses[task.trained_ids].isfinite().all()) and bool(losses[task.holdout_ids].isnan().all())
-    other_noise = build_task(load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
-        f"model.pretrained_path={tmp_path / 'encoder'}", "data.extra.test_size=40", "data.max_length=16",
-        "data.label_noise=0.5"]))
-    fingerprint, other = task.reference_fingerprint(), other_noise.reference_fingerprint()
+    fingerprint, other = task.reference_fingerprint(), rt_task("data.label_noise=0.5").reference_fingerprint()
     assert fingerprint["online_select.task"] == "rotten_tomatoes" and fingerprint["online_select.num_ids"] == "160"
     assert other["online_select.samples_sha256"] != fingerprint["online_select.samples_sha256"]
-    cut = build_task(load_config(ROOT / "recipes" / "rotten_tomatoes_noisy.yaml", [
-        f"model.pretrained_path={tmp_path / 'encoder'}", "data.extra.test_size=40", "data.max_length=16",
-        "data.max_train_samples=50"]))
+    cut = rt_task("data.max_train_samples=50")
     for field in ("labels", "noisy", "input_ids"):  # the first 50 rows, each with the label it has in the full run
         assert torch.equal(cut.train_fields[field], task.train_fields[field][:50])
     assert 0 < int(cut.train_fields["noisy"].sum()) < 50
