@@ -26,7 +26,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -297,15 +297,18 @@ def register_state(
     shared: Mapping[str, Stateful],
     per_process: Mapping[str, Stateful] | None = None,
     name: str = "online_select",
+    formerly_shared: Iterable[str] = (),
 ) -> None:
     """Make ``accelerator.save_state`` / ``load_state`` include these objects, read back with
     ``weights_only=True``.
 
     ``shared`` objects are the same on every process and written once by the main process;
     ``per_process`` objects (random streams) are written by every process to its own file. On load,
-    shared objects are restored first, then per-process ones.
+    shared objects are restored first, then per-process ones. ``formerly_shared``: per-process objects
+    that older checkpoints hold in the shared file, restored from there when their process file lacks them.
     """
     per_process = dict(per_process or {})
+    formerly_shared = set(formerly_shared)
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         folder = Path(output_dir)
@@ -317,19 +320,30 @@ def register_state(
 
     def load_hook(models: list, input_dir: str) -> None:
         folder = Path(input_dir)
-        _restore(folder / _shared_file(name), shared)
+        shared_path = folder / _shared_file(name)
+        shared_state = _read_state(shared_path)
+        _restore(shared_path, shared_state, shared)
         if per_process:
-            _restore(folder / _process_file(name, accelerator.process_index), per_process)
+            process_path = folder / _process_file(name, accelerator.process_index)
+            process_state = _read_state(process_path)
+            older = {key for key in formerly_shared & per_process.keys() if key in shared_state and key not in process_state}
+            _restore(process_path, process_state, {key: obj for key, obj in per_process.items() if key not in older})
+            _restore(shared_path, shared_state, {key: per_process[key] for key in older})
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _restore(path: Path, objects: Mapping[str, Stateful]) -> None:
+def _read_state(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint was not written with these objects registered")
     state = _safe_load(path)
-    missing = [key for key in objects if not isinstance(state, dict) or key not in state]
+    return state if isinstance(state, dict) else {}
+
+
+def _restore(path: Path, state: dict, objects: Mapping[str, Stateful]) -> None:
+    """Load ``objects`` from ``state``, read from ``path`` (named in errors)."""
+    missing = [key for key in objects if key not in state]
     if missing:
         raise CheckpointError(f"{path} has no state for {missing}")
     for key, obj in objects.items():
@@ -337,6 +351,8 @@ def _restore(path: Path, objects: Mapping[str, Stateful]) -> None:
             obj.load_state_dict(state[key])
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{path}: the saved {key!r} state does not fit this run: {exc}") from None
+
+
 
 
 def register_selector(accelerator: Any, selector: Any) -> None:

@@ -432,13 +432,14 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     clock = _Clock(offset=build_s)
     tally = _Tally(task.num_classes)
     run_state = _RunState(clock, tally, accelerator.process_index)
-    shared_state = {"selector": selector, "loader": loader, "run": run_state}
-    if telemetry is not None:
-        shared_state["telemetry"] = telemetry
+    process_state: dict[str, Any] = {"rng": ProcessRNG(), "selector_generator": GeneratorState(selector.generator)}
+    if telemetry is not None:  # each process's own counters: under `local` they are summed when logged
+        process_state["telemetry"] = telemetry
     register_state(
         accelerator,
-        shared_state,
-        {"rng": ProcessRNG(), "selector_generator": GeneratorState(selector.generator)},
+        {"selector": selector, "loader": loader, "run": run_state},
+        process_state,
+        formerly_shared=("telemetry",),
     )
     start_step = 0
     ckpt_root = out_dir / "checkpoints"

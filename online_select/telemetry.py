@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .batch import batch_size, take
+from .distributed import ProcessGroup
 from .policies import Signals, get_policy
 from .selector import OnlineSelector, SelectedBatch, spearman
 
@@ -67,6 +68,7 @@ __all__ = [
     "render_example",
     "log_histograms",
     "log_example_tables",
+    "wandb_tables",
     "QUANTILES",
 ]
 
@@ -512,28 +514,50 @@ class SelectionTelemetry:
         return result
 
     # ---- summaries ------------------------------------------------------------------------------
+    def _processes(self) -> ProcessGroup | None:
+        """The processes whose counters are summed when summarised: under ``distributed="local"`` each records
+        only its own candidates and picks (under ``global`` every process already records every process's)."""
+        return ProcessGroup.current() if self.selector.distributed == "local" else None
+
     def step_metrics(self) -> dict[str, Any]:
         """Means over the steps since the last call (then the window restarts), with the quantiles of
-        selected and rejected scores, and ``selection/score_hist`` (edges and counts; for files)."""
-        if not self._steps:
+        selected and rejected scores, and ``selection/score_hist`` (edges and counts; for files).
+
+        Under ``distributed="local"`` across processes, every process's window is summed (times are the
+        mean over processes): every process must call this at the same step."""
+        group = self._processes()
+        if not self._steps and group is None:
             return {}
         start = time.perf_counter()
-        out: dict[str, Any] = {
-            "selection/keep_ratio": self._large_samples / max(self._candidates, 1),
-            "selection/explore_share": self._explored / max(self._own_picks, 1),
-            "selection/large_samples": float(self._large_samples),
+        window = {
+            "steps": self._steps,
+            "candidates": self._candidates,
+            "large_samples": self._large_samples,
+            "own_picks": self._own_picks,
+            "explored": self._explored,
+            "time": dict(self._time),
+            "telemetry_s": self._telemetry_s,
+            **{side: np.concatenate(parts) if parts else np.zeros(0, np.float32) for side, parts in (
+                ("scores", self._scores), ("selected", self._selected_scores), ("rejected", self._rejected_scores))},
         }
-        for key, seconds in self._time.items():
-            out[f"time/{key}_ms"] = 1000 * seconds / self._steps
-        scores, chosen, rejected = (
-            torch.from_numpy(np.concatenate(parts)) for parts in (self._scores, self._selected_scores, self._rejected_scores)
-        )
+        if group is not None:
+            window = _merge_step_windows(group.all_gather_objects(window))
+        if not window["steps"]:
+            return {}
+        out: dict[str, Any] = {
+            "selection/keep_ratio": window["large_samples"] / max(window["candidates"], 1),
+            "selection/explore_share": window["explored"] / max(window["own_picks"], 1),
+            "selection/large_samples": float(window["large_samples"]),
+        }
+        for key, seconds in window["time"].items():
+            out[f"time/{key}_ms"] = 1000 * seconds / window["steps"]
+        scores, chosen, rejected = (torch.from_numpy(window[side]) for side in ("scores", "selected", "rejected"))
         out.update({f"selection/{k}": v for k, v in score_summary(scores, chosen, rejected).items()})
         histogram = score_histogram(chosen, rejected, self.histogram_bins)
         if histogram is not None:
             out["selection/score_hist"] = histogram
         self._fold_groups()
-        out["time/telemetry_ms"] = 1000 * self._telemetry_s / self._steps
+        out["time/telemetry_ms"] = 1000 * window["telemetry_s"] / window["steps"]
         self._reset_step_window()
         elapsed = time.perf_counter() - start
         self.seconds["summary"] += elapsed
@@ -541,18 +565,28 @@ class SelectionTelemetry:
         return out
 
     def eval_metrics(self) -> dict[str, Any]:
-        """Audits (means since the last call), selected vs candidate category mix, and coverage."""
+        """Audits (means since the last call), selected vs candidate category mix, and coverage.
+
+        Under ``distributed="local"`` across processes, every process's audits, category counts and picks
+        are pooled: every process must call this at the same step."""
         out: dict[str, Any] = {}
         self._fold_groups()
-        if self._audits:
-            keys = {key for audit in self._audits for key in audit}
+        audits, groups, picks, appearances = self._audits, self._groups, self.picks, self.appearances
+        group = self._processes()
+        if group is not None:
+            parts = group.all_gather_objects({"audits": audits, "groups": groups, "ids": picks.numel()})
+            audits = [audit for part in parts for audit in part["audits"]]
+            groups = _sum_groups([part["groups"] for part in parts])
+            picks, appearances, _ = self._pooled_counts(group, max(part["ids"] for part in parts))
+        if audits:
+            keys = {key for audit in audits for key in audit}
             for key in sorted(keys):
-                values = [a[key] for a in self._audits if key in a and not math.isnan(a[key])]
+                values = [a[key] for a in audits if key in a and not math.isnan(a[key])]
                 if values:
                     out[f"audit/{key}"] = sum(values) / len(values)
-            out["audit/count"] = float(len(self._audits))
+            out["audit/count"] = float(len(audits))
             out["audit/oracle"] = self.oracle
-        for key, (selected_counts, candidate_counts) in self._groups.items():
+        for key, (selected_counts, candidate_counts) in groups.items():
             shift = distribution_shift(selected_counts, candidate_counts)
             out[f"selection/{key}_tv"] = shift["tv"]
             out[f"selection/{key}_selected_share"] = [round(v, 5) for v in shift["selected_share"]]
@@ -561,9 +595,21 @@ class SelectionTelemetry:
                 for c, (s, b) in enumerate(zip(shift["selected_share"], shift["candidate_share"])):
                     out[f"selection/{key}_share/{c}"] = s
                     out[f"selection/{key}_lift/{c}"] = s / b if b else float("nan")
-        out.update({f"selection/{k}": v for k, v in coverage_summary(self.picks, self.appearances).items()})
+        out.update({f"selection/{k}": v for k, v in coverage_summary(picks, appearances).items()})
         self._reset_eval_window()
         return out
+
+    def _pooled_counts(self, group: ProcessGroup, ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Picks and appearances per id summed over the processes, and each id's last score averaged over
+        the processes that scored it (``ids``: the longest id range of any process, if known)."""
+        if ids is None:
+            ids = max(group.all_gather_objects(self.picks.numel()))
+        seen = (self.appearances > 0).double()
+        rows = torch.zeros(4, ids, dtype=torch.float64)
+        for row, values in enumerate((self.picks.double(), self.appearances.double(), self.last_score.double() * seen, seen)):
+            rows[row, : values.numel()] = values
+        picks, appearances, score_sum, scored = group.all_reduce_sum(rows)
+        return picks.long(), appearances.long(), (score_sum / scored.clamp_min(1)).float()
 
     def example_rows(
         self, n: int = 16, lookup: Callable[[torch.Tensor], dict[str, Any]] | None = None
@@ -574,18 +620,22 @@ class SelectionTelemetry:
         an ``example`` field is rendered (images as base64 PNG, anything else as text), other fields
         (label, noisy flag, ...) are copied into the rows.
         """
+        picks, appearances, last_score = self.picks, self.appearances, self.last_score
+        group = self._processes()
+        if group is not None:
+            picks, appearances, last_score = self._pooled_counts(group)
         tables: dict[str, list[dict[str, Any]]] = {}
         for name, pick in (("most_selected", most_selected), ("most_rejected", most_rejected)):
-            ids = pick(self.picks, self.appearances, n)
+            ids = pick(picks, appearances, n)
             extra = (lookup(ids) or {}) if (lookup is not None and ids.numel()) else {}
             rows = []
             for i, sample_id in enumerate(ids.tolist()):
                 row: dict[str, Any] = {
                     "id": sample_id,
-                    "picks": int(self.picks[sample_id]),
-                    "rejections": int(self.appearances[sample_id] - self.picks[sample_id]),
-                    "pick_rate": round(float(self.picks[sample_id]) / max(int(self.appearances[sample_id]), 1), 4),
-                    "last_score": round(float(self.last_score[sample_id]), 6),
+                    "picks": int(picks[sample_id]),
+                    "rejections": int(appearances[sample_id] - picks[sample_id]),
+                    "pick_rate": round(float(picks[sample_id]) / max(int(appearances[sample_id]), 1), 4),
+                    "last_score": round(float(last_score[sample_id]), 6),
                 }
                 for key, values in extra.items():
                     value = values[i]
@@ -645,6 +695,33 @@ class SelectionTelemetry:
         self._audits = [dict(a) for a in state["eval_window"]["audits"]]
         self._groups = {key: [c.clone() for c in counts] for key, counts in state["eval_window"]["groups"].items()}
         self._pending_groups = {}
+
+
+def _merge_step_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every process's step window as one: counts summed, times averaged over processes, scores joined."""
+    merged: dict[str, Any] = {key: sum(w[key] for w in windows) for key in ("candidates", "large_samples", "own_picks", "explored")}
+    merged["steps"] = max(w["steps"] for w in windows)
+    merged["telemetry_s"] = sum(w["telemetry_s"] for w in windows) / len(windows)
+    keys = dict.fromkeys(key for w in windows for key in w["time"])
+    merged["time"] = {key: sum(w["time"].get(key, 0.0) for w in windows) / len(windows) for key in keys}
+    for side in ("scores", "selected", "rejected"):
+        merged[side] = np.concatenate([w[side] for w in windows])
+    return merged
+
+
+def _sum_groups(per_process: list[dict[str, list[torch.Tensor]]]) -> dict[str, list[torch.Tensor]]:
+    """Category counts (``key -> [selected, candidates]``) summed over processes, padded to the longest."""
+    total: dict[str, list[torch.Tensor]] = {}
+    for groups in per_process:
+        for key, counts in groups.items():
+            slots = total.setdefault(key, [torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)])
+            for slot, values in enumerate(counts):
+                width = max(slots[slot].numel(), values.numel())
+                summed = torch.zeros(width, dtype=torch.long)
+                summed[: slots[slot].numel()] += slots[slot]
+                summed[: values.numel()] += values
+                slots[slot] = summed
+    return total
 
 
 def telemetry_from_config(config: Any, task: Any, selector: OnlineSelector, large_loss_fn: Callable) -> SelectionTelemetry | None:
@@ -720,27 +797,33 @@ def log_example_tables(
         with open(path, "a") as f:
             f.write(json.dumps({"step": step, "tables": tables}) + "\n")
     for tracker in _trackers(accelerator):
-        if tracker.name != "wandb":
-            continue
-        import wandb
+        if tracker.name == "wandb":
+            values = wandb_tables(tables)
+            if values:
+                tracker.log(values, step=step)
 
-        values = {}
-        for name, rows in tables.items():
-            if not rows:
-                continue
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-            data = []
-            for row in rows:
-                cells = []
-                for key in columns:
-                    value = row.get(key)
-                    if key == "image" and value is not None:
-                        value = wandb.Image(_decode_png(value))
-                    cells.append(value)
-                data.append(cells)
-            values[f"selection/{name}"] = wandb.Table(columns=columns, data=data)
-        if values:
-            tracker.log(values, step=step)
+
+def wandb_tables(tables: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``{"selection/<name>": wandb.Table}`` for each non-empty table of :meth:`SelectionTelemetry.example_rows`
+    (rendered images as ``wandb.Image``)."""
+    import wandb
+
+    values = {}
+    for name, rows in tables.items():
+        if not rows:
+            continue
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        data = []
+        for row in rows:
+            cells = []
+            for key in columns:
+                value = row.get(key)
+                if key == "image" and value is not None:
+                    value = wandb.Image(_decode_png(value))
+                cells.append(value)
+            data.append(cells)
+        values[f"selection/{name}"] = wandb.Table(columns=columns, data=data)
+    return values
 
 
 def _decode_png(encoded: str) -> Any:

@@ -34,6 +34,7 @@ from online_select.distributed import (
     unpack_rows,
 )
 from online_select.loop import check_processes_fit_gpus
+from online_select.telemetry import SelectionTelemetry
 
 from .conftest import RECIPE
 from .launch import launch_cpu_processes
@@ -295,6 +296,7 @@ def _selector_worker(out):
         batch["extra"] = torch.zeros(PER_RANK)
     with pytest.raises(DistributedSelectionError, match="same fields, dtypes and per-sample shapes"):
         OnlineSelector("uniform", keep=4, distributed="global").select(batch)
+    results["telemetry"] = _local_telemetry(rank)
     # Gathering rows with a bound that one process exceeds (3 and 8 rows, bound 4).
     group = ProcessGroup.current()
     rows = torch.arange((3 + 5 * rank) * 2, dtype=torch.float64).reshape(-1, 2) + 100 * rank
@@ -302,6 +304,25 @@ def _selector_worker(out):
     results["rows"] = {"headers": headers.tolist(), "parts": [part.tolist() for part in parts]}
     (Path(out) / f"steps-{rank}.json").write_text(json.dumps(results))
     faulthandler.cancel_dump_traceback_later()
+
+
+def _local_telemetry(rank):
+    """Telemetry of a local selection, every summary pooled over the processes (audits every 2 steps)."""
+    selector = _configs()["learnability"](4, "local")
+    telemetry = SelectionTelemetry(selector, large_loss_fn=lambda batch: _observed_losses(batch, 0), audit_every=2,
+                                   audit_size=8, group_keys=("even",), noise_key=None)
+    mine = []
+    for step in range(STEPS):
+        candidates = _candidates(step, 2, rank)
+        selected = selector.select(candidates)
+        if telemetry.audit_due(step + 1):
+            telemetry.audit(candidates, selected)
+        selector.observe(selected, _observed_losses(selected.batch, step))
+        telemetry.record_step(candidates, selected)
+        mine += selected.batch["id"].tolist()
+    metrics = {**telemetry.step_metrics(), **telemetry.eval_metrics()}
+    return {"metrics": metrics, "tables": telemetry.example_rows(4), "mine": mine,
+            "own_coverage": float((telemetry.picks > 0).sum())}
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +363,25 @@ def test_rows_gather_across_processes_past_the_bound(two_process_selection):
     ]
     for rank in (0, 1):
         assert ranks[rank]["rows"] == {"headers": [[0.0], [1.0]], "parts": expected}
+
+
+def test_local_telemetry_pools_every_processs_candidates_picks_and_audits(two_process_selection):
+    _, ranks = two_process_selection
+    r0, r1 = ranks[0]["telemetry"], ranks[1]["telemetry"]
+    assert r0["metrics"] == r1["metrics"] and r0["tables"] == r1["tables"]  # every process logs the same summary
+    metrics = r0["metrics"]
+    picks = r0["mine"] + r1["mine"]
+    candidates = torch.cat([_candidates(step, 1, 0)["id"] for step in range(STEPS)])
+    assert metrics["selection/large_samples"] == len(picks) == (STEPS - 1) * 8 + 4 + SHORT
+    assert metrics["selection/keep_ratio"] == pytest.approx(len(picks) / candidates.numel())
+    assert metrics["selection/samples_candidate"] == len(set(candidates.tolist()))
+    assert metrics["selection/coverage"] * metrics["selection/samples_candidate"] == pytest.approx(len(set(picks)))
+    assert len(set(picks)) > max(r0["own_coverage"], r1["own_coverage"])
+    assert metrics["audit/count"] == 2 * (STEPS // 2) - 1  # rank 1's short last batch is kept whole: nothing to audit
+    even = torch.tensor(picks) % 2 == 0
+    assert metrics["selection/even_share/1"] == pytest.approx(float(even.float().mean()))
+    counts = {i: picks.count(i) for i in picks}
+    assert all(row["picks"] == counts[row["id"]] for row in r0["tables"]["most_selected"])
 
 
 @pytest.mark.parametrize("name", list(_configs()))
@@ -553,7 +593,9 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
     assert clock_free[0] == clock_free[1]
     between = [json.loads(line) for line in (tmp_path / "local-resumed-between-evals" / "metrics.jsonl").read_text().splitlines()]
     local = [json.loads(line) for line in (tmp_path / "local-whole" / "metrics.jsonl").read_text().splitlines()]
-    counts = ("selection/noisy_share", "selection/base_noisy_share", "selection/class_share_max", "selection/class_share_min")
+    counts = ("selection/noisy_share", "selection/base_noisy_share", "selection/class_share_max", "selection/class_share_min",
+              "selection/coverage", "selection/samples_candidate", "selection/never_picked", "selection/label_tv")
+    assert local[-1]["selection/samples_candidate"] > 8 * 32  # both processes' candidates (each process sees 8 x 32)
     assert [line["step"] for line in between] == [0, 4, 8]
     assert [{k: line.get(k) for k in counts} for line in between] == [{k: line.get(k) for k in counts} for line in local]
 

@@ -212,3 +212,30 @@ def test_plans_that_would_split_a_checkpoint_are_named(tiny_idx_folder, tmp_path
     config = load_config(RECIPE, _args(tiny_idx_folder, tmp_path / "run", *base, *overrides))
     with pytest.raises(ValueError, match=re.escape(message)):
         train(config)
+
+
+def test_a_checkpoint_with_the_telemetry_in_the_shared_file_resumes_it(tiny_idx_folder, tmp_path):
+    """Checkpoints written before each process kept its own telemetry hold it in the shared state file."""
+    import torch
+
+    from online_select.cli import main
+
+    settings = ["train.max_steps=14", "reference.refresh_at=[]", DETERMINISTIC]
+    whole = tmp_path / "whole"
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, whole, *settings)]) == 0
+    older = tmp_path / "older"
+    shutil.copytree(whole, older)
+    shutil.rmtree(older / "checkpoints" / "step-00000014")
+    checkpoint = older / "checkpoints" / "step-00000007"
+    shared, process = checkpoint / "online_select_state.pt", checkpoint / "online_select_process_0.pt"
+    shared_state, process_state = torch.load(shared, weights_only=True), torch.load(process, weights_only=True)
+    shared_state["telemetry"] = process_state.pop("telemetry")
+    torch.save(shared_state, shared)
+    torch.save(process_state, process)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"].update({path.name: path.stat().st_size for path in (shared, process)})
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, older, *settings, "train.resume=auto")]) == 0
+    resumed, uninterrupted = _lines(older / "metrics.jsonl"), _lines(whole / "metrics.jsonl")
+    assert "selection/coverage" in uninterrupted[-1]
+    assert [_without_clock(line) for line in resumed] == [_without_clock(line) for line in uninterrupted]
