@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -414,3 +415,113 @@ def test_skipped_nonfinite_losses_never_write_nan_into_the_model(tmp_path):
                                selection_options={"on_nonfinite": "skip"})
     assert resumed.load_selector_state(str(tmp_path / "checkpoint-6"))
     assert resumed.skipped_updates == trainer.skipped_updates and resumed.selector.step == trainer.selector.step
+
+
+class _Words:
+    """A stand-in tokenizer: decodes token ids as words."""
+
+    def decode(self, tokens, skip_special_tokens=False):
+        return " ".join(f"w{t}" for t in tokens)
+
+    def save_pretrained(self, folder):  # Trainer saves its processing class with every checkpoint
+        pass
+
+
+def test_telemetry_adds_what_was_selected_and_why_to_the_log_lines(tmp_path):
+    recorder = LogRecorder()
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, save_strategy="steps", save_steps=6), train_dataset=cls_dataset(),
+                               keep=4, explore=0.25, callbacks=[recorder], processing_class=_Words(),
+                               telemetry={"audit_every": 2, "audit_size": 8})
+    trainer.train()
+    logged = [line for line in recorder.lines if "loss" in line]
+    assert len(logged) == 3
+    for line in logged:
+        assert line["selection/keep_ratio"] == 0.25 and line["selection/large_samples"] == 2 * 4
+        assert line["selection/explore_share"] == 0.25
+        assert line["selection/score_q10"] <= line["selection/score_q50"] <= line["selection/score_q90"]
+        assert sum(line[f"selection/labels_share/{c}"] for c in range(3)) == pytest.approx(1.0)
+        assert line["audit/count"] == 1 and 0 <= line["audit/precision_at_k"] <= 1 and line["audit/chance_precision"] == 0.25
+        assert all(isinstance(value, (int, float)) for value in line.values())  # Trainer keeps them in trainer_state.json
+    picks = trainer.telemetry.picks
+    assert int(picks.sum()) == 6 * 4 and logged[-1]["selection/samples_candidate"] == 64
+    assert logged[-1]["selection/coverage"] == pytest.approx(float((picks > 0).sum()) / 64)
+    state = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
+    assert any("selection/coverage" in line for line in state["log_history"])
+    (written,) = [json.loads(line) for line in (tmp_path / "selection_tables.jsonl").read_text().splitlines()]
+    assert written["step"] == 6
+    rows = written["tables"]["most_selected"]
+    dataset = cls_dataset()
+    assert rows and all(row["label"] == dataset[row["id"]]["label"] for row in rows)
+    assert all(row["text"] == " ".join(f"w{t}" for t in dataset[row["id"]]["input_ids"]) for row in rows)
+    assert sum(row["picks"] for row in rows) <= 24
+
+
+def test_telemetry_can_be_turned_off_and_misuse_is_named(tmp_path):
+    recorder = LogRecorder()
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, telemetry=False,
+                               callbacks=[recorder])
+    trainer.train()
+    assert trainer.telemetry is None and not any("selection/keep_ratio" in line for line in recorder.lines)
+    assert not (tmp_path / "selection_tables.jsonl").exists()
+    assert SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset()).telemetry is None
+    with pytest.raises(ValueError, match="telemetry settings describe a selection"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), telemetry={"audit_every": 2})
+    with pytest.raises(ValueError, match="the trainer supplies its selector and its model's loss"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4,
+                         telemetry={"large_loss_fn": lambda batch: batch})
+    with pytest.raises(TypeError, match="telemetry must be True, False or a dict"):
+        SelectiveTrainer(model=bert(), args=args(tmp_path), train_dataset=cls_dataset(), keep=4, telemetry="on")
+
+
+def test_telemetry_of_plans_counts_each_plan_once_and_audits_it_joined(tmp_path):
+    recorder = LogRecorder()
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=6, logging_steps=3), train_dataset=cls_dataset(96),
+                               keep=4, plan_steps=3, callbacks=[recorder], telemetry={"audit_every": 3, "audit_size": 16})
+    trainer.train()
+    logged = [line for line in recorder.lines if "loss" in line]
+    assert [line["selection/large_samples"] for line in logged] == [3 * 4, 3 * 4]
+    assert all(line["selection/keep_ratio"] == 0.25 and line["audit/count"] == 1 for line in logged)
+    assert logged[-1]["selection/samples_candidate"] == 96
+
+
+def test_telemetry_counters_resume_with_the_selector(tmp_path):
+    def run(out, max_steps, resume=None):
+        a = args(out, max_steps=max_steps, save_strategy="steps", save_steps=3, logging_steps=3)
+        trainer = SelectiveTrainer(model=bert(), args=a, train_dataset=cls_dataset(), keep=4, telemetry={"audit_every": 2})
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "split", 3)
+    resumed = run(tmp_path / "split", 6, resume=True)
+    assert torch.equal(resumed.telemetry.picks, full.telemetry.picks)
+    assert torch.equal(resumed.telemetry.appearances, full.telemetry.appearances)
+    assert resumed._telemetry_steps == full._telemetry_steps == 6
+    coverage = [[line["selection/coverage"] for line in t.state.log_history if "loss" in line] for t in (full, resumed)]
+    assert coverage[0][-1] == coverage[1][-1]
+
+
+def test_score_histograms_and_tables_go_to_wandb_with_the_log_line(tmp_path, monkeypatch):
+    import wandb
+
+    from online_select.wandb_offline import find_run_files, read_history, wait_until_finished
+
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path / "out", report_to=["wandb"]), train_dataset=cls_dataset(),
+                               keep=4)
+    trainer.train()
+    wandb.finish()
+    (path,) = find_run_files(tmp_path / "wandb_dir")
+    wait_until_finished(path)
+    history = read_history(path)
+    lines = [row for row in history if "train/loss" in row]
+    assert len(lines) == 3
+    for row in lines:
+        assert row["train/selection/keep_ratio"] == 0.25
+        assert row["train/selection/selected_scores/_type"] == "histogram"
+        assert sum(row["train/selection/selected_scores/values"]) == 2 * 4
+        assert sum(row["train/selection/rejected_scores/values"]) == 2 * 12
+    assert any(row.get("train/selection/most_selected/_type") == "table-file" for row in history)

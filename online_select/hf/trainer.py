@@ -10,7 +10,9 @@ selection of a whole gradient-accumulation window happens before its first forwa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import json
 import logging
 import os
 from collections import deque
@@ -21,13 +23,14 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..batch import batch_size
+from ..batch import BatchError, batch_size, concat
 from ..checkpoint import CheckpointError, write_loadable
 from ..distributed import ProcessGroup, field_specs
 from ..policies import get_policy
 from ..reference import Reference
 from ..scorer import Scorer
 from ..selector import OnlineSelector, SelectedBatch
+from ..telemetry import SelectionTelemetry, wandb_tables
 from .losses import SampleLosses, causal_lm_labels, loss_for_model
 from ..losses import finite_gradients
 from .tokens import TokenSelection, kept_token_count, select_tokens
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 SELECTOR_STATE_NAME = "selector_state.pt"
 WORLD_SIZE_KEY = "trainer/world_size"
 SKIPPED_UPDATES_KEY = "trainer/skipped_updates"
+TELEMETRY_KEY = "trainer/telemetry"
+SELECTION_TABLES_NAME = "selection_tables.jsonl"
 
 
 class SelectiveTrainer(Trainer):
@@ -76,6 +81,11 @@ class SelectiveTrainer(Trainer):
             A checkpoint or the end of training inside a plan ends it early
             (:meth:`OnlineSelector.end_plan`) and its unused candidates are planned again, so a resumed
             run repeats the uninterrupted one.
+        telemetry: what was selected and why, added to the training log lines (``True``, the default),
+            ``False`` for none, or :class:`~online_select.telemetry.SelectionTelemetry` keyword arguments
+            (e.g. ``{"audit_every": 50}`` for audits against the large model's exact loss). Score
+            histograms go to W&B when its callback runs; the most-selected and most-rejected samples
+            are written to ``output_dir/selection_tables.jsonl`` at the end of training.
     """
 
     def __init__(
@@ -93,6 +103,7 @@ class SelectiveTrainer(Trainer):
         id_column: str = "id",
         selection_columns: Iterable[str] = (),
         plan_steps: int = 1,
+        telemetry: bool | Mapping[str, Any] = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -134,6 +145,9 @@ class SelectiveTrainer(Trainer):
             )
         self._check_plan_steps()
         self._check_id_column()
+        self.telemetry = self._build_telemetry(telemetry)
+        self._telemetry_steps = 0  # selector steps recorded: the audit schedule's clock
+        self._warned_audit_shapes = False
 
     def _check_id_column(self) -> None:
         """Sample ids are integer positions: a dataset's own text ids (e.g. SQuAD's hashes) are named up front, not
@@ -204,6 +218,25 @@ class SelectiveTrainer(Trainer):
             **options,
         )
 
+    def _build_telemetry(self, telemetry: bool | Mapping[str, Any]) -> SelectionTelemetry | None:
+        if isinstance(telemetry, bool):
+            options: dict[str, Any] = {}
+            if not telemetry:
+                return None
+        elif isinstance(telemetry, Mapping):
+            options = dict(telemetry)
+        else:
+            raise TypeError(f"telemetry must be True, False or a dict of SelectionTelemetry arguments, got {telemetry!r}")
+        if self.selector is None:
+            if options:
+                raise ValueError("telemetry settings describe a selection: they need keep= (or selector=)")
+            return None
+        if "large_loss_fn" in options or "selector" in options:
+            raise ValueError("telemetry= takes SelectionTelemetry's settings; the trainer supplies its selector and its model's loss")
+        options.setdefault("group_keys", ("labels", "source"))
+        options.setdefault("seed", self.args.seed)
+        return SelectionTelemetry(self.selector, large_loss_fn=self._large_loss, **options)
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         # Only while selecting: without selection this is Trainer, and e.g. a text `id` column must go as there.
@@ -236,7 +269,45 @@ class SelectiveTrainer(Trainer):
         if self.selector is None:
             return None
         with self._keep_at_most(batch_size(batch)):
-            return self.selector.select(batch, ids=self._ids_of(batch))
+            selected = self.selector.select(batch, ids=self._ids_of(batch))
+        self._record(batch, selected, 1)
+        return selected
+
+    def _record(self, candidates: Any, selected: SelectedBatch, steps: int, auditable: bool = True) -> None:
+        """Telemetry of one selection (a plan's whole, for ``steps`` steps): audited first if one is due, since
+        the audit's oracle is the large model before these candidates' update."""
+        if self.telemetry is None:
+            return
+        first = self._telemetry_steps + 1
+        self._telemetry_steps += steps
+        if auditable and self.telemetry.audit_due(first, steps):
+            self.telemetry.audit(candidates, selected)
+        self.telemetry.record_step(candidates, selected, steps=steps)
+
+    def _record_plan(self, batches: list, parts: list[SelectedBatch]) -> None:
+        """Telemetry of a plan over several candidate batches, recorded once as its whole selection."""
+        if self.telemetry is None:
+            return
+        keys = [*self.telemetry.group_keys, *([self.telemetry.noise_key] if self.telemetry.noise_key else [])]
+        tallied = [
+            key for key in keys
+            if all(isinstance(b, Mapping) and isinstance(b.get(key), torch.Tensor) and b[key].ndim == 1 for b in batches)
+        ]
+        whole = dataclasses.replace(
+            parts[0].plan.selected, batch={key: torch.cat([part.batch[key] for part in parts]) for key in tallied}
+        )
+        candidates = None
+        if self.telemetry.audit_due(self._telemetry_steps + 1, len(parts)):
+            try:
+                candidates = concat(batches)
+            except BatchError:  # dynamic padding: a plan's batches are not joined when scoring reads only ids
+                if not self._warned_audit_shapes:
+                    self._warned_audit_shapes = True
+                    logger.warning("telemetry audits skip plans whose candidate batches differ in shape (pad to one length)")
+        if candidates is None:
+            self._record({key: torch.cat([batch[key] for batch in batches]) for key in tallied}, whole, len(parts), False)
+        else:
+            self._record(candidates, whole, len(parts))
 
     @contextlib.contextmanager
     def _keep_at_most(self, candidates: int) -> Iterator[None]:
@@ -343,6 +414,7 @@ class SelectiveTrainer(Trainer):
             return
         ids = [self._ids_of(batch) for batch in batches]
         parts = self.selector.select_steps(batches, ids=None if any(i is None for i in ids) else ids)
+        self._record_plan(batches, parts)
         self._planned.extend(zip(batches, parts))
 
     def _drop_plan(self) -> None:
@@ -453,7 +525,74 @@ class SelectiveTrainer(Trainer):
             if real:
                 logs["selection/token_kept_share"] = kept / real
                 self._token_counts = [0, 0]
+            if self.telemetry is not None:
+                metrics = {**self.telemetry.step_metrics(), **self.telemetry.eval_metrics()}
+                self._log_score_histograms(metrics.pop("selection/score_hist", None))
+                # Trainer keeps its log lines in trainer_state.json: numbers only (the class shares are per class keys)
+                logs.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         super().log(logs, start_time)
+
+    def _wandb_run(self) -> Any:
+        """The W&B run Trainer's ``report_to`` logs to, on the main process; else None."""
+        if not self.is_world_process_zero():
+            return None
+        if not any(type(callback).__name__ == "WandbCallback" for callback in self.callback_handler.callbacks):
+            return None
+        import wandb
+
+        return wandb.run
+
+    def _log_score_histograms(self, histogram: Mapping[str, list] | None) -> None:
+        """Selected and rejected score histograms into the W&B row of the log line that follows."""
+        run = None if histogram is None else self._wandb_run()
+        if run is None:
+            return
+        import numpy as np
+        import wandb
+
+        edges = np.asarray(histogram["edges"])
+        # Not committed: Trainer's W&B callback logs this line's scalars next, into the same row.
+        run.log(
+            {f"train/selection/{side}_scores": wandb.Histogram(np_histogram=(np.asarray(histogram[side]), edges))
+             for side in ("selected", "rejected")},
+            commit=False,
+        )
+
+    def write_selection_tables(self, rows: int = 16) -> dict[str, list[dict[str, Any]]]:
+        """The ``rows`` most-selected and most-rejected samples (ids, picks, rejections, last score, label, text),
+        appended to ``output_dir/selection_tables.jsonl`` and logged to W&B when its callback runs."""
+        if self.telemetry is None:
+            raise ValueError("selection tables need telemetry: construct the trainer with keep= and telemetry on")
+        tables = self.telemetry.example_rows(rows, self._example_fields)
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, SELECTION_TABLES_NAME), "a") as f:
+                f.write(json.dumps({"step": self.state.global_step, "tables": tables}) + "\n")
+            run = self._wandb_run()
+            if run is not None:
+                values = wandb_tables(tables)
+                if values:
+                    run.log({f"train/{key}": value for key, value in values.items()})
+        return tables
+
+    def _example_fields(self, ids: torch.Tensor) -> dict[str, list]:
+        """Label and decoded text of training samples by id, when ids are the dataset's row positions
+        (as :func:`online_select.hf.add_ids` numbers them); else nothing."""
+        dataset = self.train_dataset
+        if not hasattr(dataset, "select") or not len(ids) or int(ids.max()) >= len(dataset):
+            return {}
+        rows = dataset.select(ids.tolist())
+        if self.id_column not in rows.column_names or list(rows[self.id_column]) != ids.tolist():
+            return {}
+        fields: dict[str, list] = {}
+        for column in ("label", "labels"):
+            if column in rows.column_names and not isinstance(rows[0][column], list):
+                fields["label"] = list(rows[column])
+                break
+        decode = getattr(self.processing_class, "decode", None)
+        if decode is not None and "input_ids" in rows.column_names:
+            fields["example"] = [decode(tokens, skip_special_tokens=True) for tokens in rows["input_ids"]]
+        return fields
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -472,6 +611,8 @@ class SelectiveTrainer(Trainer):
             tmp = f"{path}.tmp-{os.getpid()}"
             state = self.selector.state_dict()
             state[SKIPPED_UPDATES_KEY] = self.skipped_updates  # the selector's load leaves keys it does not know alone
+            if self.telemetry is not None:
+                state[TELEMETRY_KEY] = {"counters": self.telemetry.state_dict(), "steps": self._telemetry_steps}
             state[WORLD_SIZE_KEY] = self.args.world_size
             try:
                 write_loadable(state, tmp)
@@ -505,6 +646,10 @@ class SelectiveTrainer(Trainer):
                 f"{written_by} (every process keeps its part of the selector's state)"
             )
         self.skipped_updates = int(state.pop(SKIPPED_UPDATES_KEY, 0))  # absent in checkpoints written before it
+        telemetry = state.pop(TELEMETRY_KEY, None)  # absent in checkpoints written before it, or without telemetry
+        if telemetry is not None and self.telemetry is not None:
+            self.telemetry.load_state_dict(telemetry["counters"])
+            self._telemetry_steps = int(telemetry["steps"])
         self.selector.load_state_dict(state)
         return True
 
@@ -525,4 +670,6 @@ class SelectiveTrainer(Trainer):
             resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
         )
         self._let_go_of_plans()  # max_steps inside a plan
+        if self.telemetry is not None:
+            self.write_selection_tables()
         return result
