@@ -3,7 +3,15 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from online_select.hf import CausalLMLoss, add_ids, candidate_batches, lm_blocks, reference_table, save_reference_table
+from online_select.hf import (
+    CausalLMLoss,
+    add_ids,
+    candidate_batches,
+    dataset_fingerprint,
+    lm_blocks,
+    reference_table,
+    save_reference_table,
+)
 from online_select.reference import ReferenceMismatchError, ReferenceTable, samples_fingerprint
 
 
@@ -56,6 +64,33 @@ def test_reference_table_is_keyed_by_id_and_round_trips(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ref.safetensors"]  # written through a renamed temporary
     with pytest.raises(ReferenceMismatchError, match="tokens_sha256"):
         ReferenceTable.load(tmp_path / "ref.safetensors", {"tokens_sha256": samples_fingerprint(ids[:5])})
+
+
+def test_dataset_fingerprint_names_the_rows_a_table_was_built_for(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(0, 50, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (5000,), generator=g)]
+    train = add_ids(Dataset.from_dict({"input_ids": tokens, "label": [i % 3 for i in range(5000)], "note": ["x"] * 5000}))
+    fingerprint = dataset_fingerprint(train, ["input_ids", "label"])
+    assert fingerprint["num_ids"] == "5000" and fingerprint == dataset_fingerprint(train, ["label", "input_ids"])
+    assert fingerprint == dataset_fingerprint(train.map(lambda row: {"note": "y"}), ["input_ids", "label"])  # unnamed column
+    assert fingerprint != dataset_fingerprint(train)  # every column, the note too
+    relabelled = train.map(lambda row: {"label": (row["label"] + 1) % 3 if row["id"] == 4321 else row["label"]})
+    shorter = train.select(range(4999))
+    retokenized = train.map(lambda row: {"input_ids": row["input_ids"][:-1] if row["id"] == 7 else row["input_ids"]})
+    assert fingerprint == dataset_fingerprint(train.shuffle(seed=0), ["input_ids", "label"])  # ids travel with their rows
+    for other in (relabelled, shorter, retokenized):
+        assert dataset_fingerprint(other, ["input_ids", "label"])["rows_sha256"] != fingerprint["rows_sha256"]
+    table = ReferenceTable(torch.rand(5000))
+    save_reference_table(table, str(tmp_path / "ref.safetensors"), fingerprint)
+    assert torch.equal(ReferenceTable.load(tmp_path / "ref.safetensors", fingerprint).table, table.table)
+    with pytest.raises(ReferenceMismatchError, match="rows_sha256"):
+        ReferenceTable.load(tmp_path / "ref.safetensors", dataset_fingerprint(relabelled, ["input_ids", "label"]))
+    with pytest.raises(KeyError, match=r"no column\(s\) \['labels'\]"):
+        dataset_fingerprint(train, ["labels"])
+    with pytest.raises(KeyError, match="add_ids"):
+        dataset_fingerprint(train.remove_columns(["id"]))
+    with pytest.raises(TypeError, match="map-style"):
+        dataset_fingerprint(train.to_iterable_dataset())
 
 
 def test_reference_table_scores_a_dataset_smaller_than_a_batch():

@@ -5,7 +5,15 @@ token-level (Rho-1 style) selection, and `datasets` helpers.
     trainer = SelectiveTrainer(model, args, train_dataset=add_ids(ds), keep=0.25)  # k = B/4
 """
 
-from .data import add_ids, candidate_batches, lm_blocks, reference_table, save_reference_table, tokenize
+from .data import (
+    add_ids,
+    candidate_batches,
+    dataset_fingerprint,
+    lm_blocks,
+    reference_table,
+    save_reference_table,
+    tokenize,
+)
 from .losses import (
     IGNORE_INDEX,
     CausalLMLoss,
@@ -33,6 +41,7 @@ __all__ = [
     "candidate_batches",
     "causal_lm_loss",
     "causal_lm_token_losses",
+    "dataset_fingerprint",
     "kept_token_count",
     "lm_blocks",
     "loss_for_model",

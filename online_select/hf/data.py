@@ -8,8 +8,12 @@ so a reference table computed once can be looked up by id in any run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -17,7 +21,15 @@ from torch import nn
 from ..memory import check_ids
 from ..reference import ReferenceTable
 
-__all__ = ["add_ids", "tokenize", "lm_blocks", "candidate_batches", "reference_table", "save_reference_table"]
+__all__ = [
+    "add_ids",
+    "tokenize",
+    "lm_blocks",
+    "candidate_batches",
+    "reference_table",
+    "save_reference_table",
+    "dataset_fingerprint",
+]
 
 
 def _is_iterable(dataset: Any) -> bool:
@@ -196,6 +208,55 @@ def save_reference_table(table: ReferenceTable, path: str, fingerprint: Mapping[
     """Write a reference table with safetensors, atomically; load it with ``ReferenceTable.load(path, expect)``.
 
     ``fingerprint`` (string keys and values) names the data the ids point at, e.g.
-    ``{"tokens_sha256": samples_fingerprint(token_ids)}`` (:func:`~online_select.reference.samples_fingerprint`);
-    a later load that expects another value for a stored key is an error."""
+    ``dataset_fingerprint(train)`` (:func:`dataset_fingerprint`) or ``{"tokens_sha256": samples_fingerprint(token_ids)}``
+    (:func:`~online_select.reference.samples_fingerprint`); a later load that expects another value for a stored
+    key is an error."""
     table.save(path, fingerprint)
+
+
+_FINGERPRINT_ROWS = 4096  # rows hashed at a time (fixed: the digest must not depend on a caller's batch size)
+
+
+def dataset_fingerprint(dataset, columns: Iterable[str] | None = None, id_column: str = "id") -> dict[str, str]:
+    """What a reference table's ids point at in a map-style ``datasets.Dataset``: ``{"num_ids", "rows_sha256"}``,
+    the SHA-256 of the id column and ``columns`` (default: every column) row by row, in the order of the ids
+    (so a shuffled copy, whose ids travel with their rows, has the same fingerprint).
+
+    Save a table with it (``save_reference_table(table, path, dataset_fingerprint(train))``) and load it with
+    ``ReferenceTable.load(path, expect=dataset_fingerprint(train))``: a dataset tokenized otherwise, relabelled,
+    filtered or cut to another size is then a :class:`~online_select.reference.ReferenceMismatchError`.
+    Name the columns the reference's losses depend on (e.g. ``["input_ids", "label"]``), so that columns
+    added later for other purposes do not change it."""
+    if _is_iterable(dataset):
+        raise TypeError("dataset_fingerprint needs a map-style Dataset: a stream has no fixed contents to hash")
+    names = list(dataset.column_names)
+    if id_column not in names:
+        raise KeyError(f"the dataset has no {id_column!r} column: add stable ids first with add_ids(dataset)")
+    wanted = names if columns is None else list(dict.fromkeys(columns))
+    missing = [column for column in wanted if column not in names]
+    if missing:
+        raise KeyError(f"the dataset has no column(s) {missing}; it has {names}")
+    hashed = [id_column, *sorted(column for column in wanted if column != id_column)]
+    digest = hashlib.sha256(json.dumps(hashed).encode())
+    id_view = dataset.with_format("numpy", columns=[id_column])
+    starts = range(0, len(dataset), _FINGERPRINT_ROWS)
+    chunks = [np.asarray(id_view[start : start + _FINGERPRINT_ROWS][id_column]) for start in starts]
+    ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    view = dataset.select(np.argsort(ids, kind="stable")).with_format("numpy", columns=hashed)
+    for start in starts:
+        rows = view[start : start + _FINGERPRINT_ROWS]
+        for column in hashed:
+            _hash_values(digest, rows[column])
+    return {"num_ids": str(int(ids.max()) + 1 if ids.size else 0), "rows_sha256": digest.hexdigest()}
+
+
+def _hash_values(digest: Any, values: Any) -> None:
+    array = np.asarray(values) if not isinstance(values, list) else np.asarray(values, dtype=object)
+    if array.dtype != object:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+        return
+    # Ragged lists (unpadded token ids) and strings: one JSON line per row.
+    for value in array:
+        digest.update(json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, default=str).encode())
+        digest.update(b"\n")
