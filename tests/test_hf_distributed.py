@@ -24,7 +24,12 @@ def _train(out_dir, plan_steps=1, save_steps=4, distributed="local"):
     assert trainer.args.world_size == 2
     assert trainer.selector.step == 4
     memory = trainer.selector.scorer.memory
-    torch.save({"k": memory.count.sum(), "count": memory.count, "last_step": memory.last_step},
+    pooled = ("selection/keep_ratio", "selection/large_samples", "selection/score_", "selection/selected_score_",
+              "selection/rejected_score_", "selection/labels_", "selection/coverage", "selection/samples_candidate",
+              "selection/never_picked")
+    lines = [{k: v for k, v in line.items() if k.startswith(pooled)} for line in trainer.state.log_history if "loss" in line]
+    torch.save({"k": memory.count.sum(), "count": memory.count, "last_step": memory.last_step, "telemetry": lines,
+                "tables": trainer.write_selection_tables(4)},
                os.path.join(out_dir, f"count_{trainer.args.process_index}.pt"))
 
 
@@ -32,8 +37,14 @@ def test_two_processes_select_locally_and_save_one_selector_state_each(tmp_path)
     launch_cpu_processes(_train, args=(str(tmp_path),), num_processes=2)
     checkpoint = tmp_path / "checkpoint-4"
     assert (checkpoint / "selector_state_0.pt").is_file() and (checkpoint / "selector_state_1.pt").is_file()
-    for rank in (0, 1):  # every scorer learns from both processes' selected samples: 4 steps x 2 processes x k=2
-        assert int(torch.load(tmp_path / f"count_{rank}.pt", weights_only=True)["k"]) == 4 * 2 * 2
+    states = [torch.load(tmp_path / f"count_{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for state in states:  # every scorer learns from both processes' selected samples: 4 steps x 2 processes x k=2
+        assert int(state["k"]) == 4 * 2 * 2
+    # The telemetry every process logs pools both: 2 steps x 2 processes x k=2 picks a line, 64 candidates in all.
+    assert states[0]["telemetry"] == states[1]["telemetry"] and states[0]["tables"] == states[1]["tables"]
+    assert [line["selection/large_samples"] for line in states[0]["telemetry"]] == [8.0, 8.0]
+    assert states[0]["telemetry"][-1]["selection/samples_candidate"] == 64
+    assert sum(row["picks"] for row in states[0]["tables"]["most_selected"]) <= 16
 
 
 def test_two_processes_plan_alike_and_end_a_plan_at_a_checkpoint_together(tmp_path):
