@@ -200,6 +200,14 @@ POLICIES: dict[str, Policy] = {
             _plausible,
         ),
         Policy(
+            "predicted_reducible_loss",
+            (PREDICTED_LOSS, REFERENCE_LOSS),
+            lambda s, o: s.get(PREDICTED_LOSS) - s.get(REFERENCE_LOSS),
+            "RHO-LOSS's reducible loss from the scorer's predicted loss, over the candidates p_ref >= label_floor "
+            "passes; for language models, where p = exp(-loss) is near 0 and bounded learnability ranks by p_ref",
+            _plausible,
+        ),
+        Policy(
             "reference_filter",
             (REFERENCE_LOSS,),
             _uniform,

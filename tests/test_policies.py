@@ -37,6 +37,15 @@ def test_reducible_loss_is_rho_loss():
     assert torch.allclose(get_policy("reducible_loss").score(s), s.large_loss - s.reference_loss)
 
 
+def test_predicted_reducible_loss_is_rho_loss_from_the_prediction_over_the_plausible():
+    s = _signals()
+    policy = get_policy("predicted_reducible_loss")
+    assert not policy.needs_large_forward and policy.needs_scorer and policy.needs_reference
+    assert torch.allclose(policy.score(s), s.predicted_loss - s.reference_loss)
+    assert torch.equal(policy.eligible(s, label_floor=0.1), plausible_labels(s.reference_loss, 0.1))
+    assert policy.eligible(s, label_floor=0.0) is None
+
+
 def test_learnability_ranks_unlearnt_clean_over_learnt_clean_over_mislabelled():
     # p = exp(-loss). clean & unlearnt: reference confident, large model not;
     # clean & learnt: both confident; mislabelled: reference gives the label ~chance or less.
