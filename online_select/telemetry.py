@@ -310,6 +310,9 @@ class SelectionTelemetry:
         table_every: example tables are due at the first call of :meth:`tables_due` at least this
             many steps after the last ones (0: only at the final step).
         seed: seeds the audit sampling.
+        pool_processes: under ``distributed="local"`` across processes, pool every process's records in
+            the summaries (:meth:`step_metrics`, :meth:`eval_metrics`, :meth:`example_rows`), which every
+            process must then call at the same step; off, each process summarises its own.
     """
 
     def __init__(
@@ -325,6 +328,7 @@ class SelectionTelemetry:
         histogram_bins: int = 30,
         table_every: int = 0,
         seed: int = 0,
+        pool_processes: bool = False,
     ) -> None:
         if audit_every < 0 or audit_size < 2:
             raise ValueError(f"audit_every must be >= 0 and audit_size >= 2, got {audit_every} and {audit_size}")
@@ -346,6 +350,7 @@ class SelectionTelemetry:
         self.noise_key = noise_key
         self.histogram_bins = histogram_bins
         self.table_every = table_every
+        self.pool_processes = pool_processes
         self._last_table_step = 0
         self._warned_global_audit = False
         self.generator = torch.Generator().manual_seed(seed + 104729)
@@ -515,15 +520,15 @@ class SelectionTelemetry:
 
     # ---- summaries ------------------------------------------------------------------------------
     def _processes(self) -> ProcessGroup | None:
-        """The processes whose counters are summed when summarised: under ``distributed="local"`` each records
+        """The processes whose records are pooled when summarised: under ``distributed="local"`` each records
         only its own candidates and picks (under ``global`` every process already records every process's)."""
-        return ProcessGroup.current() if self.selector.distributed == "local" else None
+        return ProcessGroup.current() if self.pool_processes and self.selector.distributed == "local" else None
 
     def step_metrics(self) -> dict[str, Any]:
         """Means over the steps since the last call (then the window restarts), with the quantiles of
         selected and rejected scores, and ``selection/score_hist`` (edges and counts; for files).
 
-        Under ``distributed="local"`` across processes, every process's window is summed (times are the
+        With ``pool_processes`` under ``distributed="local"``, every process's window is summed (times are the
         mean over processes): every process must call this at the same step."""
         group = self._processes()
         if not self._steps and group is None:
@@ -567,8 +572,8 @@ class SelectionTelemetry:
     def eval_metrics(self) -> dict[str, Any]:
         """Audits (means since the last call), selected vs candidate category mix, and coverage.
 
-        Under ``distributed="local"`` across processes, every process's audits, category counts and picks
-        are pooled: every process must call this at the same step."""
+        With ``pool_processes`` under ``distributed="local"``, every process's audits, category counts and
+        picks are pooled: every process must call this at the same step."""
         out: dict[str, Any] = {}
         self._fold_groups()
         audits, groups, picks, appearances = self._audits, self._groups, self.picks, self.appearances
@@ -740,6 +745,7 @@ def telemetry_from_config(config: Any, task: Any, selector: OnlineSelector, larg
         histogram_bins=log.histogram_bins,
         table_every=log.table_every,
         seed=config.seed,
+        pool_processes=True,
     )
 
 

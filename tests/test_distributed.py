@@ -310,7 +310,8 @@ def _local_telemetry(rank):
     """Telemetry of a local selection, every summary pooled over the processes (audits every 2 steps)."""
     selector = _configs()["learnability"](4, "local")
     telemetry = SelectionTelemetry(selector, large_loss_fn=lambda batch: _observed_losses(batch, 0), audit_every=2,
-                                   audit_size=8, group_keys=("even",), noise_key=None)
+                                   audit_size=8, group_keys=("even",), noise_key=None, pool_processes=True)
+    own = SelectionTelemetry(selector, group_keys=("even",), noise_key=None)  # not pooled: called on rank 1 only
     mine = []
     for step in range(STEPS):
         candidates = _candidates(step, 2, rank)
@@ -319,10 +320,12 @@ def _local_telemetry(rank):
             telemetry.audit(candidates, selected)
         selector.observe(selected, _observed_losses(selected.batch, step))
         telemetry.record_step(candidates, selected)
+        own.record_step(candidates, selected)
         mine += selected.batch["id"].tolist()
     metrics = {**telemetry.step_metrics(), **telemetry.eval_metrics()}
+    own_samples = own.step_metrics()["selection/large_samples"] if rank == 1 else None
     return {"metrics": metrics, "tables": telemetry.example_rows(4), "mine": mine,
-            "own_coverage": float((telemetry.picks > 0).sum())}
+            "own_coverage": float((telemetry.picks > 0).sum()), "own_samples": own_samples}
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +380,7 @@ def test_local_telemetry_pools_every_processs_candidates_picks_and_audits(two_pr
     assert metrics["selection/samples_candidate"] == len(set(candidates.tolist()))
     assert metrics["selection/coverage"] * metrics["selection/samples_candidate"] == pytest.approx(len(set(picks)))
     assert len(set(picks)) > max(r0["own_coverage"], r1["own_coverage"])
+    assert r1["own_samples"] == len(r1["mine"])  # without pool_processes: this process's own, and no collective
     assert metrics["audit/count"] == 2 * (STEPS // 2) - 1  # rank 1's short last batch is kept whole: nothing to audit
     even = torch.tensor(picks) % 2 == 0
     assert metrics["selection/even_share/1"] == pytest.approx(float(even.float().mean()))

@@ -504,7 +504,7 @@ def test_telemetry_counters_resume_with_the_selector(tmp_path):
 def test_score_histograms_and_tables_go_to_wandb_with_the_log_line(tmp_path, monkeypatch):
     import wandb
 
-    from online_select.wandb_offline import find_run_files, read_history, wait_until_finished
+    from online_select.wandb_offline import read_history, wait_until_finished
 
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
@@ -513,8 +513,8 @@ def test_score_histograms_and_tables_go_to_wandb_with_the_log_line(tmp_path, mon
     trainer = SelectiveTrainer(model=bert(), args=args(tmp_path / "out", report_to=["wandb"]), train_dataset=cls_dataset(),
                                keep=4)
     trainer.train()
+    path = wandb.run.settings.sync_file  # where this run writes (a W&B set up earlier in the process keeps its own dirs)
     wandb.finish()
-    (path,) = find_run_files(tmp_path / "wandb_dir")
     wait_until_finished(path)
     history = read_history(path)
     lines = [row for row in history if "train/loss" in row]

@@ -235,6 +235,7 @@ class SelectiveTrainer(Trainer):
             raise ValueError("telemetry= takes SelectionTelemetry's settings; the trainer supplies its selector and its model's loss")
         options.setdefault("group_keys", ("labels", "source"))
         options.setdefault("seed", self.args.seed)
+        options.setdefault("pool_processes", True)  # Trainer calls log() on every process
         return SelectionTelemetry(self.selector, large_loss_fn=self._large_loss, **options)
 
     def _set_signature_columns_if_needed(self) -> None:
