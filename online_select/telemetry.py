@@ -519,6 +519,17 @@ class SelectionTelemetry:
         return result
 
     # ---- summaries ------------------------------------------------------------------------------
+    def _window_counts(self) -> dict[str, Any]:
+        """The step window's counters and time split."""
+        return {
+            "steps": self._steps,
+            "candidates": self._candidates,
+            "large_samples": self._large_samples,
+            "own_picks": self._own_picks,
+            "explored": self._explored,
+            "time": dict(self._time),
+        }
+
     def _processes(self) -> ProcessGroup | None:
         """The processes whose records are pooled when summarised: under ``distributed="local"`` each records
         only its own candidates and picks (under ``global`` every process already records every process's)."""
@@ -535,12 +546,7 @@ class SelectionTelemetry:
             return {}
         start = time.perf_counter()
         window = {
-            "steps": self._steps,
-            "candidates": self._candidates,
-            "large_samples": self._large_samples,
-            "own_picks": self._own_picks,
-            "explored": self._explored,
-            "time": dict(self._time),
+            **self._window_counts(),
             "telemetry_s": self._telemetry_s,
             **{side: np.concatenate(parts) if parts else np.zeros(0, np.float32) for side, parts in (
                 ("scores", self._scores), ("selected", self._selected_scores), ("rejected", self._rejected_scores))},
@@ -665,12 +671,7 @@ class SelectionTelemetry:
             "generator": self.generator.get_state(),
             "last_table_step": self._last_table_step,
             "step_window": {
-                "steps": self._steps,
-                "candidates": self._candidates,
-                "large_samples": self._large_samples,
-                "own_picks": self._own_picks,
-                "explored": self._explored,
-                "time": dict(self._time),
+                **self._window_counts(),
                 "scores": [torch.from_numpy(a.copy()) for a in self._scores],
                 "selected_scores": [torch.from_numpy(a.copy()) for a in self._selected_scores],
                 "rejected_scores": [torch.from_numpy(a.copy()) for a in self._rejected_scores],
