@@ -353,8 +353,6 @@ def _restore(path: Path, state: dict, objects: Mapping[str, Stateful]) -> None:
             raise CheckpointError(f"{path}: the saved {key!r} state does not fit this run: {exc}") from None
 
 
-
-
 def register_selector(accelerator: Any, selector: Any) -> None:
     """Include ``selector`` in ``accelerator.save_state`` / ``load_state`` (scorer, memory, counters
     once; each process's own random stream separately)."""
