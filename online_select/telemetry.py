@@ -444,12 +444,7 @@ class SelectionTelemetry:
                 continue
             counts = self._groups.setdefault(key, [torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)])
             for slot, values in ((0, selected_values), (1, candidate_values)):
-                new = torch.bincount(values, minlength=int(high) + 1)
-                old = counts[slot]
-                if old.numel() < new.numel():
-                    old = torch.cat([old, torch.zeros(new.numel() - old.numel(), dtype=torch.long)])
-                old[: new.numel()] += new
-                counts[slot] = old
+                counts[slot] = _add_padded(counts[slot], torch.bincount(values, minlength=int(high) + 1))
         self._pending_groups = {}
 
     def tables_due(self, step: int, final: bool = False) -> bool:
@@ -722,12 +717,16 @@ def _sum_groups(per_process: list[dict[str, list[torch.Tensor]]]) -> dict[str, l
         for key, counts in groups.items():
             slots = total.setdefault(key, [torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)])
             for slot, values in enumerate(counts):
-                width = max(slots[slot].numel(), values.numel())
-                summed = torch.zeros(width, dtype=torch.long)
-                summed[: slots[slot].numel()] += slots[slot]
-                summed[: values.numel()] += values
-                slots[slot] = summed
+                slots[slot] = _add_padded(slots[slot], values)
     return total
+
+
+def _add_padded(total: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-category counts added, the shorter vector padded with zeros (categories it has not seen)."""
+    summed = torch.zeros(max(total.numel(), counts.numel()), dtype=torch.long)
+    summed[: total.numel()] += total
+    summed[: counts.numel()] += counts
+    return summed
 
 
 def telemetry_from_config(config: Any, task: Any, selector: OnlineSelector, large_loss_fn: Callable) -> SelectionTelemetry | None:

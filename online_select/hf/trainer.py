@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import json
 import logging
 import os
 from collections import deque
@@ -30,7 +29,7 @@ from ..policies import get_policy
 from ..reference import Reference
 from ..scorer import Scorer
 from ..selector import OnlineSelector, SelectedBatch
-from ..telemetry import SelectionTelemetry, wandb_tables
+from ..telemetry import SelectionTelemetry, log_example_tables, wandb_tables
 from .losses import SampleLosses, causal_lm_labels, loss_for_model
 from ..losses import finite_gradients
 from .tokens import TokenSelection, kept_token_count, select_tokens
@@ -567,8 +566,9 @@ class SelectiveTrainer(Trainer):
         tables = self.telemetry.example_rows(rows, self._example_fields)
         if self.is_world_process_zero():
             os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, SELECTION_TABLES_NAME), "a") as f:
-                f.write(json.dumps({"step": self.state.global_step, "tables": tables}) + "\n")
+            # The file only: Trainer's trackers are callbacks, not the accelerator's (W&B is logged below).
+            log_example_tables(self.accelerator, self.state.global_step, tables,
+                               os.path.join(self.args.output_dir, SELECTION_TABLES_NAME))
             run = self._wandb_run()
             if run is not None:
                 values = wandb_tables(tables)
