@@ -19,7 +19,7 @@ from pathlib import Path
 
 from steps_to_best import comparison_of, summary
 
-from online_select.bench import budget_table, plot_runs
+from online_select.bench import budget_table, plot_runs, policy_name
 from online_select.config import load_config
 
 
@@ -30,7 +30,7 @@ def main(seeds: int, patterns: list[str], plot: str | None = None) -> None:
     labels = {pattern: folder.split("/")[-1] for pattern, folder in folders.items()}
     if len(set(labels.values())) < len(labels):  # two folders of one name: name each run by its whole path
         labels = folders
-    runs = {labels[p]: [summary(configs[p].selection.policy, s, p.format(seed=s), comparison) for s in range(seeds)]
+    runs = {labels[p]: [summary(policy_name(configs[p]), s, p.format(seed=s), comparison) for s in range(seeds)]
             for p in patterns}
     try:
         print(budget_table(runs, {labels[p]: configs[p].train.max_steps for p in patterns}), end="")

@@ -422,6 +422,12 @@ def finished_everywhere(cfg: Config, out: str | Path, metric: str | None = None)
     return bool(decided[0])
 
 
+def policy_name(config: Config) -> str:
+    """A run's policy as tables name it: ``selection.policy``, and its switch if it has one."""
+    sel = config.selection
+    return sel.policy if not sel.switch_to else f"{sel.policy} → {sel.switch_to} at {sel.switch_at:g}"
+
+
 def _run_one(
     config: Config,
     policy: str,
@@ -438,6 +444,8 @@ def _run_one(
 
     cfg = copy.deepcopy(config)
     cfg.selection.policy = policy
+    if policy != config.selection.policy:  # a recipe's policy switch belongs to its own policy
+        cfg.selection.switch_to, cfg.selection.switch_at = "", 0
     cfg.seed = config.seed + seed
     cfg.output_dir = str(out)
     cfg.train.resume = ""
@@ -455,7 +463,7 @@ def _run_one(
             print(f"bench: reusing the finished run in {out}", flush=True)
     else:
         train(cfg)
-    return summarise_run(policy, seed, _eval_curve(out / "metrics.jsonl", comparison.metric), comparison)
+    return summarise_run(policy_name(cfg), seed, _eval_curve(out / "metrics.jsonl", comparison.metric), comparison)
 
 
 def comparison_for(config: Config, metric: str | None, mode: str | None, smooth: int) -> Comparison:

@@ -160,6 +160,11 @@ class SelectionConfig:
     # Score this many steps' candidates in one pass, each step drawing from its own (OnlineSelector.select_plan):
     # fewer small ops per step, scores up to plan_steps - 1 steps stale. Across processes: distributed=local. 1: every step.
     plan_steps: int = 1
+    # A second policy that scores every selection from switch_at on (OnlineSelector's switch_to): "" never.
+    # switch_at: a step (an int) or a fraction of train.max_steps (a float in (0, 1)). Other policies a bench
+    # runs beside this recipe's (uniform, ...) run without it.
+    switch_to: str = ""
+    switch_at: float = 0
 
 
 @dataclass
@@ -357,6 +362,29 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 SCHEDULES = ("constant", "cosine", "linear")
 
 
+def _check_switch(sel: SelectionConfig) -> None:
+    from .policies import POLICIES
+
+    if not sel.switch_to:
+        if sel.switch_at:
+            raise ConfigError(f"selection.switch_at={sel.switch_at!r} needs selection.switch_to (the policy to switch to)")
+        return
+    if sel.switch_to not in POLICIES:
+        raise ConfigError(f"selection.switch_to={sel.switch_to!r} is not one of {', '.join(POLICIES)}")
+    if sel.switch_to == sel.policy:
+        raise ConfigError(f"selection.switch_to={sel.switch_to!r} is selection.policy already")
+    if sel.policy == "uniform":
+        raise ConfigError(
+            "selection.switch_to from policy uniform: use selection.warmup_steps (uniform steps first, the scorer "
+            "learning meanwhile) with the policy to switch to as selection.policy"
+        )
+    at = sel.switch_at
+    if not ((isinstance(at, int) and at >= 1) or (isinstance(at, float) and 0 < at < 1)):
+        raise ConfigError(
+            f"selection.switch_at={at!r} is neither a step >= 1 (an integer) nor a fraction of train.max_steps in (0, 1)"
+        )
+
+
 def _check_choices(config: Config) -> None:
     """Settings with a fixed set of values, checked when the recipe loads rather than when training reaches them."""
     from .distributed import MODES
@@ -381,6 +409,7 @@ def _check_choices(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    _check_switch(config.selection)
     floor = config.selection.label_floor
     if floor not in ("auto", "fit") and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1):
         raise ConfigError(f"selection.label_floor={floor!r} is neither auto, fit nor a probability in [0, 1)")

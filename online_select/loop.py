@@ -109,12 +109,13 @@ def build_selector(
     ``keep``: the selector's count or ratio, if not the recipe's ``selection.keep`` (the loop's uniform
     baseline loads only the k samples it trains on, and keeps all k)."""
     sel = config.selection
-    policy = get_policy(sel.policy)
+    policies = [get_policy(name) for name in (sel.policy, sel.switch_to) if name]
+    needs_scorer = any(p.needs_scorer for p in policies)
     reference, report = None, {}
-    if policy.needs_reference or (policy.needs_scorer and config.reference.kind != "none"):
+    if any(p.needs_reference for p in policies) or (needs_scorer and config.reference.kind != "none"):
         reference, report = task.build_reference(config.seed)
     scorer = None
-    if policy.needs_scorer:
+    if needs_scorer:
         scorer = Scorer(
             task.scorer_model(config.scorer.model),
             lr=config.scorer.lr,
@@ -127,8 +128,11 @@ def build_selector(
     label_floor = _label_floor(sel.label_floor, task, reference)
     if sel.label_floor == "fit" and reference is not None:
         report = {**report, "label_floor_fitted": label_floor}
+    switch_at = sel.switch_at
+    if isinstance(switch_at, float):
+        switch_at = max(1, round(switch_at * config.train.max_steps))
     selector = OnlineSelector(
-        policy,
+        policies[0],
         resolve_keep_count(sel.keep, sel.candidate_batch_size) if keep is None else keep,
         scorer=scorer,
         reference=reference,
@@ -141,12 +145,14 @@ def build_selector(
         warmup_steps=sel.warmup_steps,
         # Rejection reads the scorer's loss memory: policies without a scorer (uniform, reference_filter,
         # the exact scores) have none, so a recipe's reject_after does not apply to them.
-        reject_after=sel.reject_after if policy.needs_scorer else 0,
+        reject_after=sel.reject_after if needs_scorer else 0,
         loss_discount=sel.loss_discount,
         on_nonfinite=sel.on_nonfinite,
         id_key="id",
         seed=config.seed,
         distributed=sel.distributed,
+        switch_to=sel.switch_to or None,
+        switch_at=switch_at,
     )
     return selector, report
 

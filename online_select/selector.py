@@ -272,6 +272,10 @@ class ProxyModel:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+def _describe_switch(switch: list | None) -> str:
+    return "never" if switch is None else f"to {switch[0]!r} at step {switch[1]}"
+
+
 class OnlineSelector:
     """Selects the k samples of each candidate batch the large model should train on.
 
@@ -310,6 +314,12 @@ class OnlineSelector:
             ``torchrun``): ``"local"`` (each picks from its own candidates) or ``"global"`` (the global
             top-k of all processes' candidates; see :mod:`online_select.distributed`). ``keep`` is per
             process either way. Ignored in a single process.
+        switch_to: a second policy that scores every selection from step ``switch_at`` on (``policy``
+            scores the steps before). E.g. bounded learnability first, for its fast start, then the
+            reducible loss, which keeps gaining where learnability repeats the same easy samples (the
+            language-model recipe). The scorer, memory and reference carry over; a plan
+            (:meth:`select_plan`) scores with the policy of its first step. ``None`` (default): no switch.
+        switch_at: the selector step (:attr:`step`, counted by :meth:`observe`) of the switch, >= 1.
     """
 
     def __init__(
@@ -334,8 +344,20 @@ class OnlineSelector:
         seed: int = 0,
         stats_window: int = 50,
         distributed: str = "local",
+        switch_to: str | Policy | None = None,
+        switch_at: int = 0,
     ) -> None:
-        self.policy = get_policy(policy)
+        self.initial_policy = get_policy(policy)
+        self.switch_to = None if switch_to is None else get_policy(switch_to)
+        if self.switch_to is not None:
+            if self.switch_to.name == self.initial_policy.name:
+                raise ValueError(f"switch_to={self.switch_to.name!r} is the policy already in use: pass a different one or None")
+            if isinstance(switch_at, bool) or not isinstance(switch_at, int) or switch_at < 1:
+                raise ValueError(f"switch_at must be a whole number of steps >= 1 with switch_to, got {switch_at!r}")
+        elif switch_at:
+            raise ValueError(f"switch_at={switch_at!r} needs switch_to=... (the policy to switch to)")
+        self.switch_at = switch_at
+        policies = self.policies
         resolve_keep(keep, max(keep, 1) if isinstance(keep, int) else 1)
         if rule not in RULES:
             raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
@@ -353,22 +375,25 @@ class OnlineSelector:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if distributed not in MODES:
             raise ValueError(f"distributed must be one of {MODES}, got {distributed!r}")
+        needs_scorer = any(p.needs_scorer for p in policies)
+        needs_proxy = any(p.needs_proxy for p in policies)
         missing = []
-        if self.policy.needs_scorer and scorer is None:
+        if needs_scorer and scorer is None:
             missing.append("scorer=Scorer(...)")
-        if self.policy.needs_reference and reference is None:
+        if any(p.needs_reference for p in policies) and reference is None:
             missing.append("reference=... (a ReferenceTable or ReferenceModel)")
-        if self.policy.needs_large_forward and large_loss_fn is None:
+        if any(p.needs_large_forward for p in policies) and large_loss_fn is None:
             missing.append("large_loss_fn=... (the large model's per-sample loss on a candidate batch)")
-        if self.policy.needs_proxy and proxy is None:
+        if needs_proxy and proxy is None:
             missing.append("proxy=ProxyModel(...)")
         if missing:
-            raise ValueError(f"policy {self.policy.name!r} needs " + ", ".join(missing))
+            names = " then ".join(repr(p.name) for p in policies)
+            raise ValueError(f"policy {names} needs " + ", ".join(missing))
         self.keep = keep
-        self.scorer = scorer if self.policy.needs_scorer else None
-        self.reference = reference if (self.policy.needs_reference or self.scorer is not None) else None
+        self.scorer = scorer if needs_scorer else None
+        self.reference = reference if (any(p.needs_reference for p in policies) or self.scorer is not None) else None
         self.large_loss_fn = large_loss_fn
-        self.proxy = proxy if self.policy.needs_proxy else None
+        self.proxy = proxy if needs_proxy else None
         self.rule = rule
         self.explore = explore
         self.temperature = temperature
@@ -412,6 +437,18 @@ class OnlineSelector:
         self._window: deque = deque(maxlen=stats_window)
         self._last: dict[str, float] = {}
         self._plan: _Plan | None = None
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """Every policy this selector scores with, in order: ``policy``, then ``switch_to`` if given."""
+        return (self.initial_policy,) if self.switch_to is None else (self.initial_policy, self.switch_to)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy scoring the next selection: ``switch_to`` from step ``switch_at`` on."""
+        if self.switch_to is not None and self.step >= self.switch_at:
+            return self.switch_to
+        return self.initial_policy
 
     @property
     def flat_score_steps(self) -> int:
@@ -1235,6 +1272,8 @@ class OnlineSelector:
             "selection/unlearned_rejected": float(self.unlearned_rejected),
             "selection/flat_score_steps": float(self.flat_score_steps),
         }
+        if self.switch_to is not None:
+            out["selection/switched"] = float(self.step >= self.switch_at)
         pairs = [(e["explored_predicted"], e["explored_observed"]) for e in window if e["explored_predicted"] is not None]
         if pairs:
             predicted = torch.cat([p for p, _ in pairs])
@@ -1263,7 +1302,8 @@ class OnlineSelector:
             "flat_window": list(self._spreads),  # the window in progress and whether it warned, so a resume warns as
             "flat_warned": self._flat_warned,  # an uninterrupted run would
             "generator": self.generator.get_state(),
-            "policy": self.policy.name,
+            "policy": self.initial_policy.name,
+            "switch": None if self.switch_to is None else [self.switch_to.name, self.switch_at],
             "window": self._window_entries(),
         }
         if self.scorer is not None:
@@ -1275,8 +1315,15 @@ class OnlineSelector:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("policy") != self.policy.name:
-            raise ValueError(f"selector state is for policy {state.get('policy')!r}, not {self.policy.name!r}")
+        if state.get("policy") != self.initial_policy.name:
+            raise ValueError(f"selector state is for policy {state.get('policy')!r}, not {self.initial_policy.name!r}")
+        switch = None if self.switch_to is None else [self.switch_to.name, self.switch_at]
+        saved_switch = state.get("switch")
+        if (None if saved_switch is None else list(saved_switch)) != switch:
+            raise ValueError(
+                f"selector state switches policy as {_describe_switch(saved_switch)}, this selector as "
+                f"{_describe_switch(switch)}: resume with the switch_to and switch_at of the run that saved it"
+            )
         if self._plan is not None:  # a plan open when the state is replaced is void: its parts cannot be observed
             self._plan.parts = self._plan.parts[: len(self._plan.observed)]
             self._plan = None

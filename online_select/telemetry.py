@@ -302,7 +302,8 @@ class SelectionTelemetry:
         large_loss_fn: ``candidate_batch -> per-sample losses`` of the large model, for audits.
         audit_every: audit every this many steps (0: never).
         audit_size: candidates per audit (a random sample of that step's candidate batch).
-        audit_oracle: ``"auto"`` or a policy name (see :func:`oracle_policy_name`).
+        audit_oracle: ``"auto"`` (the selector's policy of the audited step, so it follows a ``switch_to``) or a
+            policy name (see :func:`oracle_policy_name`).
         group_keys: integer batch fields whose distribution among the selected is compared with the
             candidates' (e.g. a class label, a data source).
         noise_key: a boolean batch field flagging corrupted samples (used only for telemetry).
@@ -338,12 +339,12 @@ class SelectionTelemetry:
         self.large_loss_fn = large_loss_fn
         self.audit_every = audit_every
         self.audit_size = audit_size
-        self.oracle = oracle_policy_name(selector.policy.name, selector.reference is not None, audit_oracle)
-        if audit_every:
-            needs_reference = get_policy(self.oracle).needs_reference
-            if needs_reference and selector.reference is None:
+        self.audit_oracle = audit_oracle
+        for policy in selector.policies:
+            oracle = oracle_policy_name(policy.name, selector.reference is not None, audit_oracle)
+            if audit_every and get_policy(oracle).needs_reference and selector.reference is None:
                 raise ValueError(
-                    f"audit oracle {self.oracle!r} needs reference losses, but policy {selector.policy.name!r} runs "
+                    f"audit oracle {oracle!r} needs reference losses, but policy {policy.name!r} runs "
                     "without a reference: pick another logging.audit_oracle (e.g. large_loss)"
                 )
         self.group_keys = tuple(group_keys)
@@ -456,6 +457,11 @@ class SelectionTelemetry:
         if periodic:
             self._last_table_step = step
         return periodic or (final and step > 0)
+
+    @property
+    def oracle(self) -> str:
+        """The audit's oracle policy for the selector's policy now (it follows a ``switch_to``)."""
+        return oracle_policy_name(self.selector.policy.name, self.selector.reference is not None, self.audit_oracle)
 
     def audit_due(self, step: int, steps: int = 1) -> bool:
         """Whether a selection for training steps ``step .. step + steps - 1`` (a plan's) is audited: one of

@@ -189,6 +189,21 @@ def test_bench_budgets_run_each_policy_over_its_own_steps(tiny_idx_folder, tmp_p
     assert "-step run) |" in table and (out / "bench.png").exists()
 
 
+def test_bench_gives_a_recipes_policy_switch_to_its_policy_only(tiny_idx_folder, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", str(RECIPE), "--policies", "uniform,predicted_learnability,predicted_reducible_loss",
+            "--out", str(out), "--budget", "predicted_learnability=10,20", "--evals-per-run", "2"]
+    switch = ["selection.switch_to=predicted_reducible_loss", "selection.switch_at=0.5", "train.max_steps=20"]
+    assert main(args + _small(tiny_idx_folder, tmp_path / "runs", *switch)) == 0
+    selection = {label: yaml.safe_load((out / label / "seed0" / "config.yaml").read_text())["selection"]
+                 for label in ("uniform_20", "predicted_learnability_10", "predicted_reducible_loss_20")}
+    assert selection["predicted_learnability_10"]["switch_to"] == "predicted_reducible_loss"
+    assert selection["uniform_20"]["switch_to"] == selection["predicted_reducible_loss_20"]["switch_to"] == ""
+    table = (out / "bench.md").read_text()
+    assert "| predicted_learnability_10 | predicted_learnability → predicted_reducible_loss at 0.5 | 10 |" in table
+    assert "| uniform_20 | uniform | 20 |" in table and "| predicted_reducible_loss_20 | predicted_reducible_loss | 20 |" in table
+
+
 def test_budget_table_reads_every_run_against_uniforms_best_budget():
     from online_select.bench import best_budget, budget_table, summarise_run
 

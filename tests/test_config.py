@@ -119,6 +119,34 @@ def test_a_setting_with_fixed_choices_is_checked_when_the_recipe_loads(override,
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["selection.switch_to=predicted_reducible_loss"], "selection.switch_at=0 is neither a step >= 1"),
+    (["selection.switch_to=predicted_reducible_loss", "selection.switch_at=1.5"], "switch_at=1.5 is neither a step"),
+    (["selection.switch_to=predicted_reducible_loss", "selection.switch_at=-3"], "switch_at=-3 is neither a step"),
+    (["selection.switch_at=600"], "selection.switch_at=600 needs selection.switch_to"),
+    (["selection.switch_to=reducible", "selection.switch_at=600"], "selection.switch_to='reducible' is not one of"),
+    (["selection.switch_to=predicted_learnability", "selection.switch_at=600"], "is selection.policy already"),
+    (["selection.policy=uniform", "selection.switch_to=predicted_learnability", "selection.switch_at=600"],
+     "use selection.warmup_steps"),
+])
+def test_a_bad_policy_switch_is_named_when_the_recipe_loads(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_a_policy_switch_at_a_fraction_or_a_step(tiny_idx_folder):
+    import torch
+
+    from online_select.loop import build_selector
+    from online_select.tasks import build_task
+
+    for at, step in ((0.25, 200), (600, 600)):
+        config = load_config(None, ["selection.switch_to=predicted_reducible_loss", f"selection.switch_at={at}",
+                                    "train.max_steps=800", "reference.epochs=1", f"data.path={tiny_idx_folder}"])
+        selector, _ = build_selector(config, build_task(config), lambda batch: torch.zeros(len(batch["id"])))
+        assert selector.switch_to.name == "predicted_reducible_loss" and selector.switch_at == step
+
+
 def test_an_unknown_data_source_is_an_error_not_a_hub_download():
     from online_select.tasks import build_task
 

@@ -252,6 +252,22 @@ def test_policy_scoring_with_the_large_model_itself(tmp_path):
     assert trainer.selector.step == 2 and trainer.selector.scorer is None
 
 
+def test_a_policy_switch_through_selection_options_builds_what_the_second_policy_needs(tmp_path):
+    trainer = SelectiveTrainer(model=bert(), args=args(tmp_path, max_steps=4), train_dataset=cls_dataset(), keep=4,
+                               policy="large_loss", selection_options={"switch_to": "predicted_loss", "switch_at": 2})
+    assert trainer.selector.scorer is not None  # built for predicted_loss, learning from the first step
+    names = []
+    select = trainer.selector.select
+
+    def recording(batch, ids=None):
+        names.append(trainer.selector.policy.name)
+        return select(batch, ids)
+
+    trainer.selector.select = recording
+    trainer.train()
+    assert names == ["large_loss", "large_loss", "predicted_loss", "predicted_loss"]
+
+
 def _spy_plans(trainer):
     """Record the steps of every plan and the parts every end_plan drops."""
     calls = {"plans": [], "dropped": []}

@@ -196,6 +196,33 @@ def test_plans_resume_exactly_from_a_checkpoint_between_them(tiny_idx_folder, tm
     assert [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")] == [_without_clock(line) for line in metrics]
 
 
+def test_a_run_resumed_before_its_policy_switch_switches_as_the_whole_run_did(tiny_idx_folder, tmp_path, capsys):
+    from online_select.cli import main
+
+    switch = [
+        "selection.switch_to=predicted_reducible_loss", "selection.switch_at=0.5", "train.max_steps=24",
+        "train.checkpoint_every=8", "train.keep_checkpoints=0", "train.eval_every=8", "logging.log_every=4", DETERMINISTIC,
+    ]
+    whole = tmp_path / "whole"
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, whole, *switch)]) == 0
+    metrics = _lines(whole / "metrics.jsonl")
+    switched = {line["step"]: line["selection/switched"] for line in metrics if "selection/switched" in line}
+    assert switched[8] == 0.0 and switched[24] == 1.0
+
+    # Stopped after step 8's checkpoint, before the switch at step 12: the resumed run switches there too.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(whole, crashed)
+    for step in (16, 24):
+        shutil.rmtree(crashed / "checkpoints" / f"step-{step:08d}")
+    assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step-00000008"]
+    moved = ["selection.switch_at=0.75", f"train.resume={crashed / 'checkpoints' / 'step-00000008'}"]
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, tmp_path / "moved", *switch, *moved)]) == 2
+    assert "resume with the switch_to and switch_at of the run that saved it" in capsys.readouterr().err
+    assert main(["train", str(RECIPE), *_args(tiny_idx_folder, crashed, *switch, "train.resume=auto")]) == 0
+    assert (crashed / "selection_trace.jsonl").read_text() == (whole / "selection_trace.jsonl").read_text()
+    assert [_without_clock(line) for line in _lines(crashed / "metrics.jsonl")] == [_without_clock(line) for line in metrics]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

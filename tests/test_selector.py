@@ -362,6 +362,67 @@ def test_loading_state_of_another_policy_is_an_error():
         _selector().load_state_dict(OnlineSelector("uniform").state_dict())
 
 
+def test_switch_to_scores_with_the_second_policy_from_switch_at_on():
+    from online_select.policies import Signals, get_policy
+
+    selector = _selector(switch_to="predicted_reducible_loss", switch_at=3, explore=0.0)
+    assert [p.name for p in selector.policies] == ["predicted_learnability", "predicted_reducible_loss"]
+    g = torch.Generator().manual_seed(0)
+    for step in range(5):
+        assert selector.policy.name == ("predicted_learnability" if step < 3 else "predicted_reducible_loss")
+        selected = selector.select(_batch(start=32 * step))
+        signals = Signals(32, predicted_loss=selected.predicted_loss, reference_loss=selected.reference_loss)
+        expected = selector.policy.score(signals, label_floor=selector.label_floor)
+        assert torch.allclose(selected.scores, expected)
+        selector.observe(selected, torch.rand(selected.k, generator=g))
+        assert selector.stats()["selection/switched"] == float(step + 1 >= 3)
+    reducible = get_policy("predicted_reducible_loss")
+    assert selector.policy is reducible and selector.initial_policy.name == "predicted_learnability"
+
+
+def test_a_switch_is_saved_and_a_resume_must_switch_alike():
+    a = _selector(switch_to="predicted_reducible_loss", switch_at=2)
+    for step in range(3):
+        selected = a.select(_batch(start=32 * step))
+        a.observe(selected, torch.rand(selected.k))
+    state = copy.deepcopy(a.state_dict())
+    b = _selector(switch_to="predicted_reducible_loss", switch_at=2)
+    b.load_state_dict(state)
+    assert b.policy.name == "predicted_reducible_loss" and b.step == 3
+    for other in (_selector(), _selector(switch_to="predicted_reducible_loss", switch_at=5)):
+        with pytest.raises(ValueError, match="resume with the switch_to and switch_at of the run that saved it"):
+            other.load_state_dict(state)
+    with pytest.raises(ValueError, match="switches policy as never"):
+        _selector(switch_to="predicted_reducible_loss", switch_at=2).load_state_dict(_selector().state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"switch_to": "predicted_learnability", "switch_at": 2}, "is the policy already in use"),
+        ({"switch_to": "predicted_reducible_loss"}, "switch_at must be a whole number of steps >= 1"),
+        ({"switch_to": "predicted_reducible_loss", "switch_at": 0.5}, "switch_at must be a whole number"),
+        ({"switch_at": 10}, "needs switch_to"),
+        ({"switch_to": "reducible_loss", "switch_at": 2}, "'predicted_learnability' then 'reducible_loss' needs large_loss_fn"),
+        ({"switch_to": "no_such_policy", "switch_at": 2}, "unknown policy 'no_such_policy'"),
+    ],
+)
+def test_a_bad_switch_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _selector(**kwargs)
+
+
+def test_a_switch_to_a_policy_with_a_scorer_keeps_the_scorer_from_the_start():
+    table = ReferenceTable(torch.rand(1000) * 2)
+    selector = OnlineSelector("reference_filter", keep=0.25, scorer=Scorer(), reference=table, label_floor=0.1,
+                              switch_to="predicted_learnability", switch_at=2)
+    assert selector.scorer is not None  # it learns during the filter's steps, ready when the switch comes
+    for step in range(3):
+        selected = selector.select(_batch(start=32 * step))
+        selector.observe(selected, torch.rand(selected.k))
+    assert selector.scorer.updates == 3
+
+
 def test_refresh_reference_replaces_untrained_losses_and_counts_eligibility_changes():
     selector = _selector()
     selected = selector.select(_batch())

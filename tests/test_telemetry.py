@@ -151,6 +151,22 @@ def test_audit_of_an_exact_policy_matches_its_oracle():
     assert telemetry.eval_metrics().get("audit/count") is None  # the eval window restarted
 
 
+def test_the_audit_oracle_follows_a_policy_switch():
+    reference = ReferenceTable(torch.linspace(0.05, 2.0, 500))
+    selector = OnlineSelector("learnability", keep=16, reference=reference, large_loss_fn=_exact_loss, explore=0.0,
+                              label_floor=0.2, switch_to="reducible_loss", switch_at=2)
+    telemetry = SelectionTelemetry(selector, large_loss_fn=_exact_loss, audit_every=1, audit_size=32)
+    oracles = []
+    for batch in _stream(4):
+        selected = selector.select(batch)
+        oracles.append(telemetry.oracle)
+        result = telemetry.audit(batch, selected)
+        selector.observe(selected, _exact_loss(selected.batch))
+        assert result["precision_at_k"] == 1.0  # each exact policy matches its own oracle, before and after
+    assert oracles == ["learnability", "learnability", "reducible_loss", "reducible_loss"]
+    assert telemetry.eval_metrics()["audit/oracle"] == "reducible_loss"
+
+
 def test_uniform_selection_audits_near_chance():
     selector = OnlineSelector("uniform", keep=16, seed=3)
     telemetry = SelectionTelemetry(selector, large_loss_fn=_exact_loss, audit_every=1, audit_size=64)

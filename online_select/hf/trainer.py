@@ -199,10 +199,11 @@ class SelectiveTrainer(Trainer):
             return None
         name = policy or ("predicted_learnability" if reference is not None else "predicted_loss")
         resolved = get_policy(name)
-        if resolved.needs_scorer and scorer is None:
+        policies = [resolved] + ([get_policy(options["switch_to"])] if options.get("switch_to") is not None else [])
+        if any(p.needs_scorer for p in policies) and scorer is None:
             scorer = Scorer()
         options = dict(options)
-        if "label_floor" not in options and resolved.needs_reference:
+        if "label_floor" not in options and any(p.needs_reference for p in policies):
             num_labels = getattr(getattr(self.model, "config", None), "num_labels", 0)
             is_classifier = type(self.model).__name__.endswith("ForSequenceClassification")
             options["label_floor"] = 1.0 / num_labels if is_classifier and num_labels > 1 else 0.0
