@@ -188,19 +188,21 @@ def oracle_scores(
     label_floor: float = 0.0,
 ) -> torch.Tensor:
     """The policy's score with the exact large-model loss in place of every estimate of it."""
+    return _oracle(policy, exact_loss, reference_loss, label_floor)[0]
+
+
+def _oracle(
+    policy: str, exact_loss: torch.Tensor, reference_loss: torch.Tensor | None, label_floor: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The oracle's scores and the candidates it would consider (its eligibility rule; None: all), both read
+    off one set of exact signals."""
     oracle = get_policy(policy)
     if oracle.name in UNSCORED_POLICIES:
         raise ValueError(f"the {oracle.name} policy has no oracle score; pick one with oracle_policy_name()")
     if oracle.needs_reference and reference_loss is None:
         raise ValueError(f"the audit oracle {oracle.name!r} needs reference losses, and this selector has no reference")
-    return oracle.score(_exact_signals(exact_loss, reference_loss), label_floor=label_floor).float()
-
-
-def _oracle_eligible(
-    policy: str, exact_loss: torch.Tensor, reference_loss: torch.Tensor | None, label_floor: float
-) -> torch.Tensor | None:
-    """The candidates the oracle policy would consider (its eligibility rule on the exact signals), or None: all."""
-    return get_policy(policy).eligible(_exact_signals(exact_loss, reference_loss), label_floor=label_floor)
+    signals = _exact_signals(exact_loss, reference_loss)
+    return oracle.score(signals, label_floor=label_floor).float(), oracle.eligible(signals, label_floor=label_floor)
 
 
 def _exact_signals(exact_loss: torch.Tensor, reference_loss: torch.Tensor | None) -> Signals:
@@ -495,11 +497,10 @@ class SelectionTelemetry:
         if exact.numel() != m:
             raise ValueError(f"large_loss_fn returned {exact.numel()} losses for an audit sample of {m}")
         reference = None if selected.reference_loss is None else selected.reference_loss.detach().float().cpu()[rows]
-        oracle = oracle_scores(self.oracle, exact, reference, self.selector.label_floor)
+        oracle, oracle_eligible = _oracle(self.oracle, exact, reference, self.selector.label_floor)
         scores = selected.scores.detach().float().cpu()[rows]
         if selected.eligible is not None:  # the selector never picks the ineligible, whatever their score
             scores = scores.masked_fill(~selected.eligible.cpu()[rows], float("-inf"))
-        oracle_eligible = _oracle_eligible(self.oracle, exact, reference, self.selector.label_floor)
         if oracle_eligible is not None:
             oracle = oracle.masked_fill(~oracle_eligible, float("-inf"))
         k = max(1, min(m, round(selected.k / n * m)))
