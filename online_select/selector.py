@@ -315,10 +315,10 @@ class OnlineSelector:
             top-k of all processes' candidates; see :mod:`online_select.distributed`). ``keep`` is per
             process either way. Ignored in a single process.
         switch_to: a second policy that scores every selection from step ``switch_at`` on (``policy``
-            scores the steps before). E.g. bounded learnability first, for its fast start, then the
-            reducible loss, which keeps gaining where learnability repeats the same easy samples (the
-            language-model recipe). The scorer, memory and reference carry over; a plan
-            (:meth:`select_plan`) scores with the policy of its first step. ``None`` (default): no switch.
+            scores the steps before), e.g. bounded learnability for its fast start, then the reducible loss
+            (measured on the language-model recipe: recipes/README.md). The scorer, memory and reference carry
+            over; a plan (:meth:`select_plan`) scores with the policy of its first step. ``None`` (default):
+            no switch.
         switch_at: the selector step (:attr:`step`, counted by :meth:`observe`) of the switch, >= 1.
     """
 
