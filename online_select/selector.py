@@ -376,11 +376,12 @@ class OnlineSelector:
         if distributed not in MODES:
             raise ValueError(f"distributed must be one of {MODES}, got {distributed!r}")
         needs_scorer = any(p.needs_scorer for p in policies)
+        needs_reference = any(p.needs_reference for p in policies)
         needs_proxy = any(p.needs_proxy for p in policies)
         missing = []
         if needs_scorer and scorer is None:
             missing.append("scorer=Scorer(...)")
-        if any(p.needs_reference for p in policies) and reference is None:
+        if needs_reference and reference is None:
             missing.append("reference=... (a ReferenceTable or ReferenceModel)")
         if any(p.needs_large_forward for p in policies) and large_loss_fn is None:
             missing.append("large_loss_fn=... (the large model's per-sample loss on a candidate batch)")
@@ -391,7 +392,7 @@ class OnlineSelector:
             raise ValueError(f"policy {names} needs " + ", ".join(missing))
         self.keep = keep
         self.scorer = scorer if needs_scorer else None
-        self.reference = reference if (any(p.needs_reference for p in policies) or self.scorer is not None) else None
+        self.reference = reference if (needs_reference or self.scorer is not None) else None
         self.large_loss_fn = large_loss_fn
         self.proxy = proxy if needs_proxy else None
         self.rule = rule
