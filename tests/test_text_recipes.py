@@ -150,6 +150,16 @@ def _tiny_encoder(folder: Path) -> str:
     return str(folder)
 
 
+def test_repeated_snippets_are_kept_once_and_conflicting_ones_dropped():
+    from online_select.text_tasks import drop_duplicate_texts
+
+    texts = ["A fine film.", "dull", "a  FINE film.", "Tense, tight.", "dull", "tense, tight.", "new"]
+    labels = [1, 0, 1, 1, 0, 0, 1]
+    assert drop_duplicate_texts(texts, labels) == (["A fine film.", "dull", "new"], [1, 0, 1])
+    with pytest.raises(ValueError, match="3 texts but 2 labels"):
+        drop_duplicate_texts(texts[:3], labels[:2])
+
+
 @pytest.mark.parametrize("reference", ["bow", "minilm"])
 def test_rotten_tomatoes_recipe_runs_on_generated_snippets(tmp_path, monkeypatch, reference):
     import online_select.text_tasks as text_tasks
