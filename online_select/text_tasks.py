@@ -81,7 +81,7 @@ def drop_duplicate_texts(texts: list[str], labels: list[int]) -> tuple[list[str]
             first[key] = i
         elif labels[first[key]] != label:
             conflicting.add(key)
-    keep = sorted(i for key, i in first.items() if key not in conflicting)
+    keep = [i for key, i in first.items() if key not in conflicting]  # in order: keys are first met by rising i
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
