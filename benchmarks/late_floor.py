@@ -32,19 +32,18 @@ def late_floor(floor: float, fraction: float) -> Iterator[None]:
     """Patch the runs inside the block: from step ``fraction * train.max_steps`` on, the selector's label floor is
     ``floor``."""
     build, select_plan = loop_module.build_selector, OnlineSelector.select_plan
-    schedule: dict[int, tuple[int, int]] = {}  # id(selector) -> (steps planned so far, step of the switch)
+    switch_step: dict[int, int] = {}  # id(selector) -> the first step (1-based) selected under ``floor``
 
     def building(config, *args, **kwargs):
         selector, report = build(config, *args, **kwargs)
-        schedule[id(selector)] = (0, max(1, round(fraction * config.train.max_steps)))
+        switch_step[id(selector)] = max(1, round(fraction * config.train.max_steps))
         return selector, report
 
-    def planning(selector, candidate_batch, steps, *args, **kwargs):
-        done, switch = schedule[id(selector)]
-        if done + 1 >= switch and selector.label_floor < floor:
+    def planning(selector, *args, **kwargs):
+        # selector.step counts the steps already observed, so the plan made now is for step selector.step + 1.
+        if selector.step + 1 >= switch_step[id(selector)] and selector.label_floor < floor:
             selector.label_floor = floor
-        schedule[id(selector)] = (done + steps, switch)
-        return select_plan(selector, candidate_batch, steps, *args, **kwargs)
+        return select_plan(selector, *args, **kwargs)
 
     loop_module.build_selector, OnlineSelector.select_plan = building, planning
     try:
