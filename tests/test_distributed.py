@@ -400,9 +400,9 @@ def test_global_selection_equals_one_process_on_the_concatenated_batch(two_proce
     for rank in (0, 1):
         saved = _state(out / f"{name}-global-{rank}.pt")
         expected = {k: v for k, v in selector.state_dict().items() if k not in ("generator", "window")}
-        # The score spreads behind the flat-score warning come from the scorer's forward on each process's rows; a
-        # CPU's BLAS may round a row's last bit differently in a batch of 8 than of 16 (seen on AMD EPYC), which
-        # moves a spread by an ulp and never a pick (the ids, weights and losses above are compared exactly).
+        # The score spreads behind the flat-score warning come from the scorer's forward on each process's 8 rows,
+        # which on some CPUs differs in the last bit from its forward on all 16 (seen on an AMD EPYC VM: one spread
+        # an ulp apart, the picks, weights, losses and scorer state above and below still exact).
         assert saved.pop("flat_window") == pytest.approx(expected.pop("flat_window"), rel=1e-6, abs=1e-7)
         _assert_same_state(saved, expected)
 
