@@ -26,7 +26,7 @@ from steps_to_best import main_seeds
 
 from online_select.bench import finished_run
 from online_select.config import load_config
-from online_select.hf.losses import CausalLMLoss
+from online_select.hf.losses import CausalLMLoss, SampleLosses
 from online_select.hf.tokens import select_tokens
 from online_select.lm_corpus import BigramLM
 from online_select.loop import train
@@ -46,7 +46,7 @@ class TokenSelectedLoss(CausalLMLoss):
 
     def __call__(self, model: torch.nn.Module, batch) -> torch.Tensor:
         losses, mask = self.token_losses(model, batch)
-        full = (losses * mask).sum(1) / mask.sum(1).clamp_min(1)
+        full = SampleLosses(losses.sum(1), mask.sum(1)).mean  # token losses are 0 where the mask is False
         if not torch.is_grad_enabled():
             return full
         reference = self.reference.token_losses(batch["input_ids"].cpu()).to(losses.device)
@@ -73,15 +73,16 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     policies, overrides = option(argv[3:], "policies", "uniform,predicted_learnability")
     keeps, overrides = option(overrides, "keep", "1,0.7")
+    policy_names, keep_ratios = policies.split(","), [float(k) for k in keeps.split(",")]
     out, seeds = Path(argv[1]), int(argv[2])
     folders = []
-    for policy in policies.split(","):
-        for keep in (float(k) for k in keeps.split(",")):
+    for policy in policy_names:
+        for keep in keep_ratios:
             name = f"{policy}_tokens{keep:g}"
             folders.append(str(out / name / "seed{seed}"))
             for seed in range(seeds):
                 run(out / name / f"seed{seed}", overrides + [f"selection.policy={policy}", f"seed={seed}"], keep)
-    if policies.split(",")[0] == "uniform" and keeps.split(",")[0] in ("1", "1.0"):
+    if policy_names[0] == "uniform" and keep_ratios[0] == 1.0:
         main_seeds(seeds, folders)
     else:
         print("no table: the first variant is not uniform without token selection; read the runs with "
