@@ -27,7 +27,7 @@ from steps_to_best import main_seeds
 from online_select.bench import finished_run
 from online_select.config import load_config
 from online_select.hf.losses import CausalLMLoss, SampleLosses
-from online_select.hf.tokens import select_tokens
+from online_select.hf.tokens import TokenSelection, select_tokens
 from online_select.lm_corpus import BigramLM
 from online_select.loop import train
 from online_select.tasks import build_task
@@ -41,16 +41,15 @@ class TokenSelectedLoss(CausalLMLoss):
 
     def __init__(self, keep: float, reference: BigramLM) -> None:
         super().__init__()
-        self.token_keep = keep
-        self.reference = reference
+        self.settings = TokenSelection(keep, lambda batch: reference.token_losses(batch["input_ids"].cpu()))
 
     def __call__(self, model: torch.nn.Module, batch) -> torch.Tensor:
         losses, mask = self.token_losses(model, batch)
         full = SampleLosses(losses.sum(1), mask.sum(1)).mean  # token losses are 0 where the mask is False
         if not torch.is_grad_enabled():
             return full
-        reference = self.reference.token_losses(batch["input_ids"].cpu()).to(losses.device)
-        kept = select_tokens(losses, mask, self.token_keep, reference, scope="batch")
+        reference = self.settings.reference_losses(batch).to(losses.device)
+        kept = select_tokens(losses, mask, self.settings.keep, reference, self.settings.scope)
         per_block = len(losses) / kept.sum().clamp_min(1)  # the batch's mean over blocks is sum(kept) / count(kept)
         trained = (losses * kept).sum(1) * per_block
         return trained + (full - trained).detach()
