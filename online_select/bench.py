@@ -395,7 +395,7 @@ def plot_runs(runs: dict[str, list[RunSummary]], path: str | Path, title: str = 
 
 def finished_run(cfg: Config, out: str | Path, metric: str | None = None) -> bool:
     """Whether ``out`` holds a completed run of exactly ``cfg`` (same resolved config, last eval of
-    ``metric``, by default the task's, at max_steps)."""
+    ``metric``, by default the task's, at max_steps or where the run stopped early)."""
     out = Path(out)
     metric = metric or comparison_for(cfg, None, None, 1).metric
     config_file, metrics_file = out / "config.yaml", out / "metrics.jsonl"
@@ -404,8 +404,8 @@ def finished_run(cfg: Config, out: str | Path, metric: str | None = None) -> boo
     # Read back through the config schema, so a run saved before a setting existed compares at its default.
     if config_to_dict(config_from_dict(yaml.safe_load(config_file.read_text()))) != config_to_dict(cfg):
         return False
-    steps = [line["step"] for line in read_metrics(metrics_file, metric)]
-    return bool(steps) and steps[-1] == cfg.train.max_steps
+    lines = read_metrics(metrics_file, metric)
+    return bool(lines) and (lines[-1]["step"] == cfg.train.max_steps or bool(lines[-1].get("train/early_stopped")))
 
 
 def finished_everywhere(cfg: Config, out: str | Path, metric: str | None = None) -> bool:

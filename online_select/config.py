@@ -6,6 +6,7 @@ Unknown keys are errors that name the key, in files and overrides alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -179,6 +180,15 @@ class TrainConfig:
     eval_every: int = 200
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
+    # Early stopping: stop once `patience` evals in a row have not improved the best eval of best_metric by more
+    # than early_stop_min_delta; 0: run to max_steps. keep_best: the best eval's model in output_dir/best (safetensors,
+    # written atomically). best_metric "": the task's (eval/accuracy, higher better; eval/loss, lower, for language
+    # models); another metric needs best_mode (min | max).
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
+    keep_best: bool = False
+    best_metric: str = ""
+    best_mode: str = ""
     resume: str = ""  # "" (fresh) | auto | a checkpoint directory
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True
@@ -385,6 +395,33 @@ def _check_switch(sel: SelectionConfig) -> None:
         )
 
 
+def best_metric(config: Config) -> tuple[str, str]:
+    """The ``(metric, mode)`` early stopping and ``train.keep_best`` track: train.best_metric/best_mode, or the task's."""
+    from .tasks import task_metric
+
+    metric, mode = task_metric(config.task)
+    if config.train.best_metric and config.train.best_metric != metric:
+        return config.train.best_metric, config.train.best_mode
+    return metric, config.train.best_mode or mode
+
+
+def _check_best(config: Config) -> None:
+    train = config.train
+    if not (isinstance(train.early_stop_min_delta, (int, float)) and 0 <= train.early_stop_min_delta < math.inf):
+        raise ConfigError(f"train.early_stop_min_delta={train.early_stop_min_delta!r} is not a finite number >= 0")
+    if train.best_mode not in ("", "min", "max"):
+        raise ConfigError(f"train.best_mode={train.best_mode!r} is not one of min, max (or empty: the task's)")
+    if train.best_mode and not train.best_metric:
+        raise ConfigError(f"train.best_mode={train.best_mode!r} needs train.best_metric (the eval metric it applies to)")
+    if (train.early_stop_patience or train.keep_best) and not train.eval_every:
+        raise ConfigError("train.early_stop_patience and train.keep_best read the evals: set train.eval_every > 0")
+    if train.best_metric and not best_metric(config)[1]:
+        raise ConfigError(
+            f"train.best_metric={train.best_metric!r} is not the task's metric: say whether lower or higher is better "
+            "with train.best_mode=min or max"
+        )
+
+
 def _check_choices(config: Config) -> None:
     """Settings with a fixed set of values, checked when the recipe loads rather than when training reaches them."""
     from .distributed import MODES
@@ -419,6 +456,7 @@ def _check_choices(config: Config) -> None:
         "train.eval_every": config.train.eval_every,  # 0: never
         "train.checkpoint_every": config.train.checkpoint_every,  # 0: never
         "train.keep_checkpoints": config.train.keep_checkpoints,  # 0: all
+        "train.early_stop_patience": config.train.early_stop_patience,  # 0: never
         "selection.warmup_steps": config.selection.warmup_steps,
         "selection.reject_after": config.selection.reject_after,  # 0: never
         "data.eval_size": config.data.eval_size,  # 0: the whole test split
@@ -429,3 +467,4 @@ def _check_choices(config: Config) -> None:
             raise ConfigError(f"{key}={value} is negative")
     if not 0 < config.data.holdout_fraction < 1:
         raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} is not a fraction in (0, 1)")
+    _check_best(config)

@@ -44,11 +44,14 @@ from .checkpoint import (
     find_latest_checkpoint,
     list_checkpoints,
     load_accelerator_checkpoint,
+    read_meta,
     register_state,
     save_accelerator_checkpoint,
+    save_checkpoint,
 )
-from .config import SCHEDULES, Config, ConfigError, config_to_dict
+from .config import SCHEDULES, Config, ConfigError, best_metric, config_to_dict
 from .distributed import ProcessGroup
+from .early_stopping import BestMetric
 from .losses import finite_gradients
 from .policies import fit_label_floor, get_policy
 from .reference import ReferenceTable
@@ -280,10 +283,11 @@ class _RunState:
     :meth:`gather_tally` sums every process's tally into the one written, and on resume the main process takes
     that sum and the others start from zero; the next eval's sum over processes is then the uninterrupted run's."""
 
-    def __init__(self, clock: _Clock, tally: _Tally, process_index: int = 0) -> None:
+    def __init__(self, clock: _Clock, tally: _Tally, process_index: int = 0, best: BestMetric | None = None) -> None:
         self.clock = clock
         self.tally = tally
         self.process_index = process_index
+        self.best = best
         self.skipped_updates = 0
         self._summed_tally: torch.Tensor | None = None
 
@@ -294,7 +298,7 @@ class _RunState:
     def state_dict(self) -> dict:
         tally = self.tally.state_dict() if self._summed_tally is None else {"vector": self._summed_tally}
         return {"wall_s": self.clock.offset, "tally": tally, "tally_summed": self._summed_tally is not None,
-                "skipped_updates": self.skipped_updates}
+                "skipped_updates": self.skipped_updates, "best": None if self.best is None else self.best.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.clock.offset = float(state["wall_s"])
@@ -303,6 +307,8 @@ class _RunState:
         else:  # the sum of all processes', or (checkpoints written before the sum) the main process's own
             self.tally.load_state_dict(state["tally"])
         self.skipped_updates = int(state.get("skipped_updates", 0))  # absent in checkpoints written before it
+        if self.best is not None and state.get("best") is not None:
+            self.best.load_state_dict(state["best"])
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -437,7 +443,10 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     # The clock starts with the time spent building the reference and scorer (counted as training).
     clock = _Clock(offset=build_s)
     tally = _Tally(task.num_classes)
-    run_state = _RunState(clock, tally, accelerator.process_index)
+    best = None
+    if config.train.early_stop_patience or config.train.keep_best:
+        best = BestMetric(*best_metric(config), config.train.early_stop_patience, config.train.early_stop_min_delta)
+    run_state = _RunState(clock, tally, accelerator.process_index, best)
     process_state: dict[str, Any] = {"rng": ProcessRNG(), "selector_generator": GeneratorState(selector.generator)}
     if telemetry is not None:  # each process's own counters: under `local` they are summed when logged
         process_state["telemetry"] = telemetry
@@ -452,6 +461,7 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     metrics_path = out_dir / "metrics.jsonl"
     trace_path = out_dir / "selection_trace.jsonl"
     tables_path = out_dir / "selection_tables.jsonl"
+    best_root = out_dir / "best"
     resume_from = _resume_target(config.train.resume, ckpt_root)
     if resume_from is not None:
         meta = load_accelerator_checkpoint(accelerator, resume_from)
@@ -479,6 +489,9 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             _truncate_jsonl(path, start_step)
         if start_step == 0:
             _discard_earlier_run(ckpt_root, accelerator)
+        for path in list_checkpoints(best_root):  # an earlier run's, or saved after the step this run goes on from
+            if start_step == 0 or int(read_meta(path)["step"]) > start_step:
+                shutil.rmtree(path)
     accelerator.wait_for_everyone()
     clock.resume()
     if trackers:
@@ -504,6 +517,8 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         line.update({k: v for k, v in reference_report.items()})
         if run_state.skipped_updates:
             line["train/skipped_updates"] = run_state.skipped_updates
+        if best is not None:
+            track_best(step, line)
         line["sys/peak_rss_mb"] = _peak_rss_mb()
         if telemetry is not None:
             line.update(telemetry.eval_metrics())
@@ -514,6 +529,21 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
         tally.reset()
         clock.resume()
         return line
+
+    def track_best(step: int, line: dict[str, Any]) -> None:
+        assert best is not None
+        value = float(line.get(best.metric, math.nan))
+        if accelerator.num_processes > 1 and best.metric in line:  # one decision on every process
+            value = float(accelerator.reduce(torch.tensor([value], device=device), "mean"))
+        if best.update(step, {**line, best.metric: value}) and config.train.keep_best and accelerator.is_main_process:
+            state = {"metric": best.metric, "mode": best.mode, "value": value}
+            save_checkpoint(best_root, step, state, accelerator.unwrap_model(model).state_dict(), keep=1)
+        line["train/best_step"] = best.best_step
+        if best.best_value is not None:
+            line["train/best_value"] = best.best_value
+        line["train/evals_since_best"] = best.evals_since_best
+        if best.should_stop:
+            line["train/early_stopped"] = 1
 
     def trace(step: int) -> None:
         if accelerator.is_main_process:
@@ -558,7 +588,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
     model.train()
     parts: list = []  # the steps of the current plan not trained yet (selection.plan_steps)
     plan_split: dict[str, float] = {}  # the time split summed over the plan's steps so far
-    for step in range(start_step + 1, config.train.max_steps + 1):
+    stopped = best is not None and best.should_stop  # a resumed run that had stopped early
+    last_step = start_step if stopped else config.train.max_steps
+    if stopped:
+        accelerator.print(f"online_select: the run stopped early at step {start_step}; nothing left to train")
+    for step in range(start_step + 1, last_step + 1):
         t0 = time.perf_counter()
         plan_start = not parts
         if plan_start:
@@ -634,8 +668,20 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             last_eval = evaluate(step)
             if progress is not None:
                 progress.set_postfix(acc=f"{last_eval.get('eval/accuracy', float('nan')):.4f}")
-        if config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or step == config.train.max_steps):
+            stopped = best is not None and best.should_stop
+        if config.train.checkpoint_every and (
+            stopped or step % config.train.checkpoint_every == 0 or step == config.train.max_steps
+        ):
             checkpoint(step)
+        if stopped:
+            assert best is not None
+            kept = f"; its model: {best_root / f'step-{best.best_step:08d}'}" if config.train.keep_best else ""
+            best_text = "no finite value" if best.best_value is None else f"{best.best_value:.6g} (step {best.best_step})"
+            accelerator.print(
+                f"online_select: early stop at step {step}: {best.metric} has not improved on {best_text} "
+                f"by more than {best.min_delta:g} in {best.patience} evals{kept}"
+            )
+            break
     if progress is not None:
         progress.close()
     # Trackers end here; the process group stays up for whoever launched this (the CLI ends it), so
