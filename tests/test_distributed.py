@@ -608,6 +608,36 @@ def test_ready_loop_on_two_processes_writes_once_and_resumes_exactly(tiny_idx_fo
     assert [{k: line.get(k) for k in counts} for line in between] == [{k: line.get(k) for k in counts} for line in local]
 
 
+# Each process's own eval accuracies: rank 0 alone would stop at step 12 and rank 1 alone at step 24; the loop
+# decides on their mean (0.1, .35, .35, .525, .5, .2, ...): best at step 12, patience 2 runs out at step 20.
+SCRIPTED_ACCURACY = {0: [0.1, 0.5, 0.4, 0.45, 0.3, 0.2, 0.1, 0.1], 1: [0.1, 0.2, 0.3, 0.6, 0.7, 0.2, 0.1, 0.1]}
+
+
+def _early_stop_worker(folder, out):
+    _start_worker()
+    from online_select.loop import train
+    from online_select.tasks import build_task
+
+    config = load_config(RECIPE, _loop_args(folder, out, "train.max_steps=28", "train.early_stop_patience=2",
+                                            "train.keep_best=true"))
+    task = build_task(config)
+    real, pending = task.evaluate, list(SCRIPTED_ACCURACY[dist.get_rank()])
+    task.evaluate = lambda model, device: {**real(model, device), "eval/accuracy": pending.pop(0)}
+    last = train(config, task)
+    Path(f"{out}/last-{dist.get_rank()}.json").write_text(json.dumps(last))
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_every_process_stops_early_at_the_same_step_on_the_mean_of_their_evals(tiny_idx_folder, tmp_path):
+    launch_cpu_processes(_early_stop_worker, args=(str(tiny_idx_folder), str(tmp_path)), num_processes=2)
+    for rank in (0, 1):
+        last = json.loads((tmp_path / f"last-{rank}.json").read_text())
+        assert (last["step"], last["train/best_step"], last["train/early_stopped"]) == (20, 12, 1)
+        assert last["train/best_value"] == pytest.approx(0.525)
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["step-00000012"]
+    assert read_meta(tmp_path / "checkpoints" / "step-00000020")["world_size"] == 2  # the stop is checkpointed
+
+
 # ---------------------------------------------------------------- the command line under real launchers
 
 
