@@ -4,9 +4,11 @@ import os
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    EarlyStoppingCallback,
     GPT2Config,
     GPT2LMHeadModel,
     Trainer,
@@ -541,3 +543,19 @@ def test_score_histograms_and_tables_go_to_wandb_with_the_log_line(tmp_path, mon
         assert sum(row["train/selection/selected_scores/values"]) == 2 * 4
         assert sum(row["train/selection/rejected_scores/values"]) == 2 * 12
     assert any(row.get("train/selection/most_selected/_type") == "table-file" for row in history)
+
+
+def test_transformers_early_stopping_and_best_model_work_with_selection(tmp_path):
+    scripted = [0.1, 0.5, 0.4, 0.45, 0.9, 0.95]  # the evals at steps 2, 4, 6, ...: best at 4, patience 2 ends at 8
+    a = args(tmp_path, max_steps=20, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+             load_best_model_at_end=True, metric_for_best_model="scripted", greater_is_better=True, save_total_limit=1)
+    trainer = SelectiveTrainer(model=bert(), args=a, train_dataset=cls_dataset(), eval_dataset=cls_dataset(16, seed=1),
+                               keep=4, compute_metrics=lambda _: {"scripted": scripted.pop(0)},
+                               callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
+    trainer.train()
+    assert trainer.state.global_step == 8 and trainer.selector.step == 8
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
+    assert os.path.isfile(tmp_path / "checkpoint-4" / SELECTOR_STATE_NAME)
+    best = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
+    loaded = trainer.model.state_dict()
+    assert all(torch.equal(best[name], loaded[name].cpu()) for name in best)
