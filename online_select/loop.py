@@ -44,7 +44,6 @@ from .checkpoint import (
     find_latest_checkpoint,
     list_checkpoints,
     load_accelerator_checkpoint,
-    read_meta,
     register_state,
     save_accelerator_checkpoint,
     save_checkpoint,
@@ -489,8 +488,9 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
             _truncate_jsonl(path, start_step)
         if start_step == 0:
             _discard_earlier_run(ckpt_root, accelerator)
-        for path in list_checkpoints(best_root):  # an earlier run's, or saved after the step this run goes on from
-            if start_step == 0 or int(read_meta(path)["step"]) > start_step:
+            # An earlier run's best model. A resume keeps it, even one saved after the checkpoint (the best it
+            # tracks may have been pruned in its favour), and replaces it at its next best eval.
+            for path in list_checkpoints(best_root):
                 shutil.rmtree(path)
     accelerator.wait_for_everyone()
     clock.resume()
@@ -532,8 +532,11 @@ def train(config: Config, task: Task | None = None) -> dict[str, Any]:
 
     def track_best(step: int, line: dict[str, Any]) -> None:
         assert best is not None
-        value = float(line.get(best.metric, math.nan))
-        if accelerator.num_processes > 1 and best.metric in line:  # one decision on every process
+        if best.metric not in line:
+            logged = ", ".join(key for key in line if key.startswith("eval/"))
+            raise ConfigError(f"train.best_metric: the evals log {logged}, not {best.metric!r}")
+        value = float(line[best.metric])
+        if accelerator.num_processes > 1:  # one decision on every process
             value = float(accelerator.reduce(torch.tensor([value], device=device), "mean"))
         if best.update(step, {**line, best.metric: value}) and config.train.keep_best and accelerator.is_main_process:
             state = {"metric": best.metric, "mode": best.mode, "value": value}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -139,3 +140,27 @@ def test_a_fresh_run_removes_an_earlier_runs_best_model(tiny_idx_folder, tmp_pat
     rising = load_config(RECIPE, _stopping_run(tiny_idx_folder, out, "train.max_steps=20"))
     train(rising, _scripted(rising, [0.1, 0.2, 0.3])[0])
     assert sorted(p.name for p in (out / "best").iterdir()) == ["step-00000020"]
+
+
+def test_a_best_metric_the_task_does_not_log_stops_the_run_at_its_first_eval(tiny_idx_folder, tmp_path):
+    config = load_config(RECIPE, _stopping_run(tiny_idx_folder, tmp_path / "run", "train.best_metric=eval/f1",
+                                               "train.best_mode=max"))
+    with pytest.raises(ConfigError, match=r"train.best_metric: the evals log eval/accuracy, eval/loss, not 'eval/f1'"):
+        train(config)
+
+
+@pytest.mark.filterwarnings("ignore:online_select. resumed with settings other")
+def test_a_resume_keeps_a_best_model_saved_after_its_checkpoint(tiny_idx_folder, tmp_path):
+    out = tmp_path / "run"
+    keep_only = small_run(tiny_idx_folder, out, "train.max_steps=40", "train.checkpoint_every=20",
+                          "train.keep_checkpoints=0", "train.keep_best=true")
+    config = load_config(RECIPE, keep_only)
+    train(config, _scripted(config, [0.1, 0.5, 0.4, 0.9, 0.3])[0])
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["step-00000030"]  # step 10's was replaced
+    shutil.rmtree(out / "checkpoints" / "step-00000040")  # as if the run had died after step 30's best
+    # Resumed from step 20, whose state says the best is step 10's (0.5): a resumed trajectory that does not find
+    # a better eval leaves step 30's model in place rather than no model at all.
+    resumed = load_config(RECIPE, [*keep_only, "train.resume=auto"])
+    last = train(resumed, _scripted(resumed, [0.45, 0.3])[0])
+    assert last["train/best_step"] == 10
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["step-00000030"]
