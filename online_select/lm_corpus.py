@@ -212,7 +212,9 @@ def build_noisy_corpus(
     rng.shuffle(order)
     clean = [train_ids[i] for i in order[:clean_blocks]]
     spare = [train_ids[i] for i in order[clean_blocks:]]
-    validation = _blocks(encode_docs(split["validation"]), block_size)[:validation_blocks]
+    if validation_blocks < 0:
+        raise ValueError(f"validation_blocks must be >= 0 (0: every block of the validation documents), got {validation_blocks}")
+    validation = _blocks(encode_docs(split["validation"]), block_size)[: validation_blocks or None]
     holdout = _blocks(encode_docs(split["holdout"]), block_size)
     if len(validation) < validation_blocks:
         raise ValueError(f"only {len(validation)} validation blocks; lower validation_blocks or add text")

@@ -47,6 +47,19 @@ def test_noisy_corpus_mixes_the_asked_fraction_of_each_junk_kind(text_folder):
     assert small.vocab_size < 5000 and int(small.train.max()) < small.vocab_size
 
 
+def test_validation_blocks_zero_takes_every_block_of_the_validation_documents(text_folder):
+    from online_select.lm_corpus import read_text_folder
+
+    docs = read_text_folder(text_folder)
+    first = build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=4)
+    every = build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=0)
+    assert len(every.validation) > 4
+    assert torch.equal(every.validation[:4], first.validation)
+    assert torch.equal(every.train, first.train)
+    with pytest.raises(ValueError, match="validation_blocks must be >= 0"):
+        build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=-1)
+
+
 def test_a_scorer_input_model_on_a_task_without_any_is_an_error(text_folder, tmp_path):
     from online_select.config import load_config
     from online_select.tasks import build_task

@@ -1,0 +1,105 @@
+"""Kept language models read on held-out text the run never looked at: the LM recipe's eval (and so early
+stopping's choice of the best model) reads the first `data.extra.validation_blocks` blocks of the validation
+documents; this script reads the models each run kept (`train.keep_best` writes OUT/best/step-N) on every other
+block of those documents, so a kept eval that is the lowest of noisy ones does not set the comparison.
+
+Each run's model is rebuilt from its own config.yaml and loaded from OUT/best/step-N/model.safetensors (or the
+newest OUT/checkpoints/step-N with `--from checkpoints`). Differences are paired by block against the first run
+(the baseline); the 95% interval resamples blocks (a bootstrap, 2000 draws, seeded), which treats blocks as
+independent although neighbouring blocks share a document, so read it as a lower bound on the uncertainty.
+
+Run: python benchmarks/lm_heldout.py runs/x/uniform/seed0 runs/x/selected/seed0 [more runs]
+         [--from best|checkpoints] [--data-path FOLDER]      (markdown on stdout)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from online_select.checkpoint import list_checkpoints, load_checkpoint
+from online_select.config import load_config
+from online_select.tasks import build_task
+
+
+def block_losses(model: torch.nn.Module, task, blocks: torch.Tensor) -> torch.Tensor:
+    """Mean token loss of each block (the task's loss, as its eval computes it)."""
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for rows in blocks.split(32):
+            parts = task.loss.parts(model, {"input_ids": rows})
+            out.append(parts.sum.double() / parts.count.double())
+    return torch.cat(out)
+
+
+def kept_model(run: Path, source: str) -> tuple[int, dict[str, torch.Tensor]]:
+    found = list_checkpoints(run / source)
+    if not found:
+        raise SystemExit(f"{run / source} holds no complete checkpoint (train with train.keep_best=true, or pass --from)")
+    _, model_state, step = load_checkpoint(found[-1])
+    if model_state is None:
+        raise SystemExit(f"{found[-1]} has no model.safetensors")
+    return step, model_state
+
+
+def bootstrap(diff: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(len(diff), (draws, len(diff)), generator=g)
+    means = diff[rows].mean(1).sort().values
+    return float(means[int(0.025 * draws)]), float(means[int(0.975 * draws) - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders; the first is the baseline")
+    parser.add_argument("--from", dest="source", choices=("best", "checkpoints"), default="best")
+    parser.add_argument("--data-path", default="", help="the text folder, where it moved since the runs")
+    args = parser.parse_args()
+
+    tasks: dict[str, tuple] = {}
+    rows = []
+    for run in map(Path, args.runs):
+        overrides = ["data.extra.validation_blocks=0", "data.eval_size=0"]
+        if args.data_path:
+            overrides.append(f"data.path={args.data_path}")
+        config = load_config(run / "config.yaml", overrides)
+        if config.task != "noisy_corpus_lm":
+            raise SystemExit(f"{run}: task {config.task!r}; this script reads noisy_corpus_lm runs")
+        key = repr(config.data)
+        if key not in tasks:
+            selection_blocks = int(load_config(run / "config.yaml", []).data.extra.get("validation_blocks", 64))
+            tasks[key] = (build_task(config), selection_blocks)
+        task, selection_blocks = tasks[key]
+        step, state = kept_model(run, args.source)
+        model = task.large_model()
+        model.load_state_dict(state)
+        losses = block_losses(model, task, task.corpus.validation)
+        rows.append((run, step, losses, selection_blocks))
+
+    base_run, _, base, selection_blocks = rows[0]
+    if any(len(r[2]) != len(base) or r[3] != selection_blocks for r in rows):
+        raise SystemExit("the runs read different validation blocks (different data settings); compare like with like")
+    fresh = slice(selection_blocks, None)
+    print(f"validation blocks: {len(base)}; the evals read the first {selection_blocks}, the other "
+          f"{len(base) - selection_blocks} are read here for the first time; mean token loss (nats) per block, "
+          f"blocks weighted equally; Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
+    print()
+    print(f"| run | kept step | first {selection_blocks} blocks (the evals') | other {len(base) - selection_blocks} blocks "
+          f"| Δ other blocks | 95% interval | blocks where lower |")
+    print("|---|---|---|---|---|---|---|")
+    for run, step, losses, _ in rows:
+        diff = losses[fresh] - base[fresh]
+        low, high = bootstrap(diff)
+        lower = float((diff < 0).double().mean()) if run != base_run else float("nan")
+        interval = "–" if run == base_run else f"[{low:+.4f}, {high:+.4f}]"
+        delta = "–" if run == base_run else f"{float(diff.mean()):+.4f}"
+        share = "–" if run == base_run else f"{100 * lower:.0f}%"
+        print(f"| {run} | {step} | {float(losses[:selection_blocks].mean()):.4f} | {float(losses[fresh].mean()):.4f} "
+              f"| {delta} | {interval} | {share} |")
+
+
+if __name__ == "__main__":
+    main()
