@@ -8,8 +8,10 @@ newest OUT/checkpoints/step-N with `--from checkpoints`). Differences are paired
 (the baseline); the 95% interval resamples blocks (a bootstrap, 2000 draws, seeded), which treats blocks as
 independent although neighbouring blocks share a document, so read it as a lower bound on the uncertainty.
 
+`--by-document` adds a table by validation document (a block belongs to the document its first token is in).
+
 Run: python benchmarks/lm_heldout.py runs/x/uniform/seed0 runs/x/selected/seed0 [more runs]
-         [--from best|checkpoints] [--data-path FOLDER]      (markdown on stdout)
+         [--from best|checkpoints] [--data-path FOLDER] [--by-document]      (markdown on stdout)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from online_select.checkpoint import list_checkpoints, load_checkpoint
 from online_select.config import load_config
+from online_select.lm_corpus import read_text_folder, split_documents
 from online_select.tasks import build_task
 
 
@@ -45,6 +48,14 @@ def kept_model(run: Path, source: str) -> tuple[int, dict[str, torch.Tensor]]:
     return step, model_state
 
 
+def document_names(task) -> dict[str, list[str]]:
+    """The file names of the corpus's documents, split as the corpus splits them (train, holdout, validation)."""
+    data = task.config.data
+    count = len(read_text_folder(data.path, int(task.options["max_chars"])))
+    names = [f.stem for f in sorted(Path(data.path).glob("*.txt")) if f.read_text(errors="replace").strip()]
+    return split_documents(names[:count])
+
+
 def bootstrap(diff: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(len(diff), (draws, len(diff)), generator=g)
@@ -57,6 +68,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders; the first is the baseline")
     parser.add_argument("--from", dest="source", choices=("best", "checkpoints"), default="best")
     parser.add_argument("--data-path", default="", help="the text folder, where it moved since the runs")
+    parser.add_argument("--by-document", action="store_true", help="also a table by validation document")
     args = parser.parse_args()
 
     tasks: dict[str, tuple] = {}
@@ -77,9 +89,9 @@ def main() -> None:
         model = task.large_model()
         model.load_state_dict(state)
         losses = block_losses(model, task, task.corpus.validation)
-        rows.append((run, step, losses, selection_blocks))
+        rows.append((run, step, losses, selection_blocks, task))
 
-    base_run, _, base, selection_blocks = rows[0]
+    base_run, _, base, selection_blocks, task = rows[0]
     if any(len(r[2]) != len(base) or r[3] != selection_blocks for r in rows):
         raise SystemExit("the runs read different validation blocks (different data settings); compare like with like")
     fresh = slice(selection_blocks, None)
@@ -90,7 +102,7 @@ def main() -> None:
     print(f"| run | kept step | first {selection_blocks} blocks (the evals') | other {len(base) - selection_blocks} blocks "
           f"| Δ other blocks | 95% interval | blocks where lower |")
     print("|---|---|---|---|---|---|---|")
-    for run, step, losses, _ in rows:
+    for run, step, losses, _, _ in rows:
         diff = losses[fresh] - base[fresh]
         low, high = bootstrap(diff)
         lower = float((diff < 0).double().mean()) if run != base_run else float("nan")
@@ -99,6 +111,22 @@ def main() -> None:
         share = "–" if run == base_run else f"{100 * lower:.0f}%"
         print(f"| {run} | {step} | {float(losses[:selection_blocks].mean()):.4f} | {float(losses[fresh].mean()):.4f} "
               f"| {delta} | {interval} | {share} |")
+
+    if args.by_document:
+        names, owner = document_names(task)["validation"], task.corpus.validation_document
+        print()
+        print("| validation document | blocks | " + " | ".join(f"run {i}" for i in range(len(rows)))
+              + " | " + " | ".join(f"Δ run {i}" for i in range(1, len(rows))) + " |")
+        print("|---|---|" + "---|" * (2 * len(rows) - 1))
+        for index, name in enumerate(names):
+            mask = owner == index
+            if not mask.any():
+                continue
+            means = [float(r[2][mask].mean()) for r in rows]
+            print(f"| {name} | {int(mask.sum())} | " + " | ".join(f"{m:.3f}" for m in means) + " | "
+                  + " | ".join(f"{m - means[0]:+.3f}" for m in means[1:]) + " |")
+        print()
+        print("runs: " + "; ".join(f"{i}: {r[0]}" for i, r in enumerate(rows)))
 
 
 if __name__ == "__main__":

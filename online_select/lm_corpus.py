@@ -16,6 +16,7 @@ is never trained on and the clean holdout can train a Rho-1-style reference.
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
 from dataclasses import dataclass
@@ -156,12 +157,16 @@ class NoisyCorpus:
     """Token blocks: ``train`` (clean and junk mixed), ``validation`` and ``holdout`` (clean).
 
     ``kind[i]`` is 0 for clean training blocks and ``1 + JUNK_KINDS.index(k)`` for junk; ``noisy``
-    is ``kind > 0`` (telemetry only: training never reads it).
+    is ``kind > 0`` (telemetry only: training never reads it). ``document[i]`` is the index, among
+    :func:`split_documents`' ``train`` documents, of the document a clean block starts in (-1 for junk);
+    ``validation_document`` the same among the ``validation`` documents (for reading a model by document).
     """
 
     train: torch.Tensor
     kind: torch.Tensor
+    document: torch.Tensor
     validation: torch.Tensor
+    validation_document: torch.Tensor
     holdout: torch.Tensor
     tokenizer: object
     vocab_size: int
@@ -196,16 +201,20 @@ def build_noisy_corpus(
     learned = tokenizer.get_vocab_size()  # fewer than asked for when the text is too small for vocab_size merges
     eos = tokenizer.token_to_id(EOS)
 
-    def encode_docs(texts: list[str]) -> list[int]:
+    def encode_docs(texts: list[str]) -> tuple[list[int], list[int]]:
+        """The documents' tokens, each closed by ``eos``, and the document index of each block's first token."""
         ids: list[int] = []
+        ends: list[int] = []
         for enc in tokenizer.encode_batch(texts):
             ids.extend(enc.ids)
             ids.append(eos)
-        return ids
+            ends.append(len(ids))
+        return ids, [bisect.bisect_right(ends, start) for start in range(0, len(ids) - block_size + 1, block_size)]
 
     # Clean blocks and the blocks that garbled junk is made from are disjoint, so no clean block
     # reappears garbled.
-    train_ids = _blocks(encode_docs(split["train"]), block_size)
+    train_tokens, train_docs = encode_docs(split["train"])
+    train_ids = _blocks(train_tokens, block_size)
     if len(train_ids) < clean_blocks + 1:
         raise ValueError(f"the corpus has {len(train_ids)} training blocks; asked for clean_blocks={clean_blocks}")
     order = list(range(len(train_ids)))
@@ -214,8 +223,10 @@ def build_noisy_corpus(
     spare = [train_ids[i] for i in order[clean_blocks:]]
     if validation_blocks < 0:
         raise ValueError(f"validation_blocks must be >= 0 (0: every block of the validation documents), got {validation_blocks}")
-    validation = _blocks(encode_docs(split["validation"]), block_size)[: validation_blocks or None]
-    holdout = _blocks(encode_docs(split["holdout"]), block_size)
+    validation_tokens, validation_docs = encode_docs(split["validation"])
+    validation = _blocks(validation_tokens, block_size)[: validation_blocks or None]
+    validation_docs = validation_docs[: len(validation)]
+    holdout = _blocks(encode_docs(split["holdout"])[0], block_size)
     if len(validation) < validation_blocks:
         raise ValueError(f"only {len(validation)} validation blocks; lower validation_blocks or add text")
 
@@ -243,10 +254,13 @@ def build_noisy_corpus(
             kinds.append(1 + JUNK_KINDS.index(kind))
     train = torch.tensor(clean + junk, dtype=torch.long)
     kind = torch.tensor([0] * len(clean) + kinds, dtype=torch.long)
+    document = torch.tensor([train_docs[i] for i in order[:clean_blocks]] + [-1] * len(junk), dtype=torch.long)
     return NoisyCorpus(
         train=train,
         kind=kind,
+        document=document,
         validation=torch.tensor(validation, dtype=torch.long),
+        validation_document=torch.tensor(validation_docs, dtype=torch.long),
         holdout=torch.tensor(holdout, dtype=torch.long),
         tokenizer=tokenizer,
         vocab_size=learned,

@@ -336,8 +336,9 @@ class NoisyCorpusLMTask(Task):
         if d.max_train_samples:  # a random subset (seeded like the corpus), not the first blocks: they are all clean
             order = torch.randperm(len(c.train), generator=torch.Generator().manual_seed(d.noise_seed))
             rows = order[: d.max_train_samples].sort().values
-            c.train, c.kind = c.train[rows], c.kind[rows]
+            c.train, c.kind, c.document = c.train[rows], c.kind[rows], c.document[rows]
         c.validation = c.validation[: d.eval_size or None]
+        c.validation_document = c.validation_document[: len(c.validation)]
         self.loss = CausalLMLoss()
 
     def train_loader(self, batch_size: int, seed: int) -> TensorLoader:

@@ -7,7 +7,7 @@ import torch
 
 from online_select.bench import Comparison, RunSummary, summarise_run
 from online_select.cli import main
-from online_select.lm_corpus import JUNK_KINDS, BigramLM, build_noisy_corpus, garble, read_text_folder, split_documents
+from online_select.lm_corpus import EOS, JUNK_KINDS, BigramLM, build_noisy_corpus, garble, read_text_folder, split_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the nation congress people state government year law public great country war peace trade "
@@ -58,6 +58,35 @@ def test_validation_blocks_zero_takes_every_block_of_the_validation_documents(te
     assert torch.equal(every.train, first.train)
     with pytest.raises(ValueError, match="validation_blocks must be >= 0"):
         build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=-1)
+
+
+def test_the_corpus_records_the_document_each_block_starts_in(text_folder):
+    from online_select.lm_corpus import read_text_folder
+
+    docs = read_text_folder(text_folder)
+    corpus = build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=0)
+    split = split_documents(docs)
+    clean = corpus.kind == 0
+    assert bool((corpus.document[~clean] == -1).all())
+    assert bool((corpus.document[clean] >= 0).all()) and int(corpus.document.max()) < len(split["train"])
+    assert len(corpus.validation_document) == len(corpus.validation)
+    assert bool((corpus.validation_document.diff() >= 0).all())  # validation blocks are in document order
+
+    def owner(block: torch.Tensor, texts: list[str]) -> int:  # the document its tokens start in, found by search
+        eos = corpus.tokenizer.token_to_id(EOS)
+        ids, ends = [], []
+        for text in texts:
+            ids += corpus.tokenizer.encode(text).ids + [eos]
+            ends.append(len(ids))
+        width = len(block)
+        starts = [i for i in range(0, len(ids) - width + 1, width) if ids[i : i + width] == block.tolist()]
+        assert len(starts) == 1
+        return next(d for d, end in enumerate(ends) if starts[0] < end)
+
+    for row in torch.nonzero(clean).flatten()[:10].tolist():
+        assert owner(corpus.train[row], split["train"]) == int(corpus.document[row])
+    for row in range(len(corpus.validation)):
+        assert owner(corpus.validation[row], split["validation"]) == int(corpus.validation_document[row])
 
 
 def test_a_scorer_input_model_on_a_task_without_any_is_an_error(text_folder, tmp_path):
