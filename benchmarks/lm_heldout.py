@@ -69,9 +69,11 @@ def main() -> None:
     parser.add_argument("--from", dest="source", choices=("best", "checkpoints"), default="best")
     parser.add_argument("--data-path", default="", help="the text folder, where it moved since the runs")
     parser.add_argument("--by-document", action="store_true", help="also a table by validation document")
+    parser.add_argument("--first", type=int, default=None,
+                        help="split at this many blocks instead of the runs' data.extra.validation_blocks")
     args = parser.parse_args()
 
-    tasks: dict[str, tuple] = {}
+    tasks: dict[str, object] = {}
     rows = []
     for run in map(Path, args.runs):
         overrides = ["data.extra.validation_blocks=0", "data.eval_size=0"]
@@ -82,9 +84,11 @@ def main() -> None:
             raise SystemExit(f"{run}: task {config.task!r}; this script reads noisy_corpus_lm runs")
         key = repr(config.data)
         if key not in tasks:
-            selection_blocks = int(load_config(run / "config.yaml", []).data.extra.get("validation_blocks", 64))
-            tasks[key] = (build_task(config), selection_blocks)
-        task, selection_blocks = tasks[key]
+            tasks[key] = build_task(config)
+        task = tasks[key]
+        selection_blocks = int(load_config(run / "config.yaml", []).data.extra.get("validation_blocks", 64))
+        if args.first is not None:
+            selection_blocks = args.first
         step, state = kept_model(run, args.source)
         model = task.large_model()
         model.load_state_dict(state)
@@ -93,7 +97,8 @@ def main() -> None:
 
     base_run, _, base, selection_blocks, task = rows[0]
     if any(len(r[2]) != len(base) or r[3] != selection_blocks for r in rows):
-        raise SystemExit("the runs read different validation blocks (different data settings); compare like with like")
+        raise SystemExit("the runs' evals read different validation blocks (different data settings); compare like "
+                         "with like, or split them alike with --first")
     fresh = slice(selection_blocks, None)
     print(f"validation blocks: {len(base)}; the evals read the first {selection_blocks}, the other "
           f"{len(base) - selection_blocks} are read here for the first time; mean token loss (nats) per block, "
