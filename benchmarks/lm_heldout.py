@@ -41,7 +41,8 @@ def block_losses(model: torch.nn.Module, task, blocks: torch.Tensor) -> torch.Te
 def kept_model(run: Path, source: str) -> tuple[int, dict[str, torch.Tensor]]:
     found = list_checkpoints(run / source)
     if not found:
-        raise SystemExit(f"{run / source} holds no complete checkpoint (train with train.keep_best=true, or pass --from)")
+        raise SystemExit(f"{run / source} holds no complete checkpoint (train with train.keep_best=true, "
+                         "or pass --from)")
     _, model_state, step = load_checkpoint(found[-1])
     if model_state is None:
         raise SystemExit(f"{found[-1]} has no model.safetensors")
@@ -104,7 +105,8 @@ def main() -> None:
           f"{len(base) - selection_blocks} are read here for the first time; mean token loss (nats) per block, "
           f"blocks weighted equally; Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
     print()
-    print(f"| run | kept step | first {selection_blocks} blocks (the evals') | other {len(base) - selection_blocks} blocks "
+    print(f"| run | kept step | first {selection_blocks} blocks (the evals') "
+          f"| other {len(base) - selection_blocks} blocks "
           f"| Δ other blocks | 95% interval | blocks where lower |")
     print("|---|---|---|---|---|---|---|")
     for run, step, losses, _, _ in rows:

@@ -222,7 +222,9 @@ def build_noisy_corpus(
     clean = [train_ids[i] for i in order[:clean_blocks]]
     spare = [train_ids[i] for i in order[clean_blocks:]]
     if validation_blocks < 0:
-        raise ValueError(f"validation_blocks must be >= 0 (0: every block of the validation documents), got {validation_blocks}")
+        raise ValueError(
+            f"validation_blocks must be >= 0 (0: every block of the validation documents), got {validation_blocks}"
+        )
     validation_tokens, validation_docs = encode_docs(split["validation"])
     validation = _blocks(validation_tokens, block_size)[: validation_blocks or None]
     validation_docs = validation_docs[: len(validation)]

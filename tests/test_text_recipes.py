@@ -7,7 +7,15 @@ import torch
 
 from online_select.bench import Comparison, RunSummary, summarise_run
 from online_select.cli import main
-from online_select.lm_corpus import EOS, JUNK_KINDS, BigramLM, build_noisy_corpus, garble, read_text_folder, split_documents
+from online_select.lm_corpus import (
+    EOS,
+    JUNK_KINDS,
+    BigramLM,
+    build_noisy_corpus,
+    garble,
+    read_text_folder,
+    split_documents,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the nation congress people state government year law public great country war peace trade "
