@@ -23,19 +23,13 @@ import torch
 
 from online_select.checkpoint import list_checkpoints, load_checkpoint
 from online_select.config import load_config
-from online_select.lm_corpus import read_text_folder, split_documents
 from online_select.tasks import build_task
 
 
-def block_losses(model: torch.nn.Module, task, blocks: torch.Tensor) -> torch.Tensor:
-    """Mean token loss of each block (the task's loss, as its eval computes it)."""
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for rows in blocks.split(32):
-            parts = task.loss.parts(model, {"input_ids": rows})
-            out.append(parts.sum.double() / parts.count.double())
-    return torch.cat(out)
+def block_losses(model: torch.nn.Module, task) -> torch.Tensor:
+    """Mean token loss of each validation block, from the batches the task's eval reads."""
+    parts = task.validation_parts(model, torch.device("cpu"))
+    return torch.cat([p.sum.double() / p.count.double() for p in parts])
 
 
 def kept_model(run: Path, source: str) -> tuple[int, dict[str, torch.Tensor]]:
@@ -47,14 +41,6 @@ def kept_model(run: Path, source: str) -> tuple[int, dict[str, torch.Tensor]]:
     if model_state is None:
         raise SystemExit(f"{found[-1]} has no model.safetensors")
     return step, model_state
-
-
-def document_names(task) -> dict[str, list[str]]:
-    """The file names of the corpus's documents, split as the corpus splits them (train, holdout, validation)."""
-    data = task.config.data
-    count = len(read_text_folder(data.path, int(task.options["max_chars"])))
-    names = [f.stem for f in sorted(Path(data.path).glob("*.txt")) if f.read_text(errors="replace").strip()]
-    return split_documents(names[:count])
 
 
 def bootstrap(diff: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -93,7 +79,7 @@ def main() -> None:
         step, state = kept_model(run, args.source)
         model = task.large_model()
         model.load_state_dict(state)
-        losses = block_losses(model, task, task.corpus.validation)
+        losses = block_losses(model, task)
         rows.append((run, step, losses, selection_blocks, task))
 
     base_run, _, base, selection_blocks, task = rows[0]
@@ -120,7 +106,7 @@ def main() -> None:
               f"| {delta} | {interval} | {share} |")
 
     if args.by_document:
-        names, owner = document_names(task)["validation"], task.corpus.validation_document
+        names, owner = task.document_names["validation"], task.corpus.validation_document
         print()
         print("| validation document | blocks | " + " | ".join(f"run {i}" for i in range(len(rows)))
               + " | " + " | ".join(f"Δ run {i}" for i in range(1, len(rows))) + " |")

@@ -24,7 +24,6 @@ from online_select.lm_corpus import JUNK_KINDS
 from online_select.tasks import build_task
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lm_noisy_corpus.yaml"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 CUTS = (6.0, 6.3, 6.5, 6.8, 7.0, 7.5)
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 
@@ -56,9 +55,7 @@ def main(overrides: list[str]) -> None:
 
 def by_group(task, loss: torch.Tensor, years: int = 40, favoured: float = 0.2) -> None:
     """Clean blocks by a ``years``-wide span of the number their document's file name starts with."""
-    from lm_heldout import document_names
-
-    names = document_names(task)["train"]
+    names = task.document_names["train"]
     clean = task.corpus.kind == 0
     start = torch.tensor([int(re.match(r"\d*", names[d]).group() or -1) for d in task.corpus.document[clean].tolist()])
     clean_loss = loss[clean]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["JUNK_KINDS", "read_text_folder", "split_documents", "train_tokenizer", "garble", "markup_debris",
-           "boilerplate", "NoisyCorpus", "build_noisy_corpus", "BigramLM"]
+__all__ = ["JUNK_KINDS", "read_text_folder", "read_text_files", "split_documents", "train_tokenizer", "garble",
+           "markup_debris", "boilerplate", "NoisyCorpus", "build_noisy_corpus", "BigramLM"]
 
 JUNK_KINDS = ("boilerplate", "garbled", "random_tokens", "markup")
 EOS = "<|endoftext|>"
@@ -52,6 +52,11 @@ _WORDS = ["nav", "item", "header", "footer", "wrapper", "col", "row", "main", "s
 
 def read_text_folder(path: str | Path, max_chars: int = 0) -> list[str]:
     """The ``.txt`` files of a folder (sorted by name), one document each."""
+    return [text for _, text in read_text_files(path, max_chars)]
+
+
+def read_text_files(path: str | Path, max_chars: int = 0) -> list[tuple[str, str]]:
+    """``(file name without .txt, text)`` of the documents :func:`read_text_folder` returns."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -65,7 +70,7 @@ def read_text_folder(path: str | Path, max_chars: int = 0) -> list[str]:
     for file in files:
         text = re.sub(r"\s+", " ", file.read_text(errors="replace")).strip()
         if text:
-            docs.append(text)
+            docs.append((file.stem, text))
             total += len(text)
         if max_chars and total >= max_chars:
             break

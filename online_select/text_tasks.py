@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import Config
 from .data import TensorLoader, symmetric_label_noise
-from .hf.losses import CausalLMLoss, SequenceClassificationLoss
+from .hf.losses import CausalLMLoss, SampleLosses, SequenceClassificationLoss
 from .losses import classification_features
 from .reference import Reference, ReferenceTable, train_model
 from .tasks import Task
@@ -314,13 +314,16 @@ class NoisyCorpusLMTask(Task):
     MODEL_EXTRA = {"layers": 4, "heads": 4, "dropout": 0.0}
 
     def __init__(self, config: Config) -> None:
-        from .lm_corpus import build_noisy_corpus, read_text_folder
+        from .lm_corpus import build_noisy_corpus, read_text_files, split_documents
 
         self.config = config
         d = config.data
         self.options = _extra(d.extra, self.DATA_EXTRA, "data")
         self.model_options = _extra(config.model.extra, self.MODEL_EXTRA, "model")
-        docs = read_text_folder(d.path, int(self.options["max_chars"]))
+        files = read_text_files(d.path, int(self.options["max_chars"]))
+        docs = [text for _, text in files]
+        # The file names, split as the corpus splits the documents (``corpus.document`` indexes ``["train"]``).
+        self.document_names = split_documents([name for name, _ in files])
         self.corpus = build_noisy_corpus(
             docs,
             block_size=d.max_length,
@@ -392,15 +395,19 @@ class NoisyCorpusLMTask(Task):
         return ReferenceTable(feats[:, 0], feats[:, 1:]), {"reference_seconds": time.perf_counter() - start, "reference_ids": n}
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def validation_parts(self, model: nn.Module, device: torch.device) -> list[SampleLosses]:
+        """The model's summed token loss and token count on each validation block, in batches of 32 blocks."""
         was_training = model.training
         model.eval()
+        parts = [self.loss.parts(model, {"input_ids": rows.to(device)}) for rows in self.corpus.validation.split(32)]
+        model.train(was_training)
+        return parts
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         total, count = 0.0, 0
-        for rows in self.corpus.validation.split(32):
-            parts = self.loss.parts(model, {"input_ids": rows.to(device)})
+        for parts in self.validation_parts(model, device):
             total += float(parts.sum.sum())
             count += int(parts.count.sum())
-        model.train(was_training)
         loss = total / count
         return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
 

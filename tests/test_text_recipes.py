@@ -122,6 +122,11 @@ def test_the_lm_task_takes_max_train_samples_at_random_and_cuts_validation_to_ev
     assert 0 < int(cut.noisy.sum()) < 30  # junk kept in proportion, not only the clean blocks that come first
     kind_of = {tuple(row): kind for row, kind in zip(full.train.tolist(), full.kind.tolist())}
     assert [kind_of[tuple(row)] for row in cut.train.tolist()] == cut.kind.tolist()
+    document_of = {tuple(row): doc for row, doc in zip(full.train.tolist(), full.document.tolist())}
+    assert [document_of[tuple(row)] for row in cut.train.tolist()] == cut.document.tolist()
+    assert cut.validation_document.tolist() == full.validation_document[:2].tolist()
+    assert full_task.document_names["validation"] == ["000", "020"]  # every 20th file, as the documents are split
+    assert full_task.document_names["train"][0] == "002" and len(full_task.document_names["train"]) == 36
 
 
 def test_a_missing_text_folder_names_the_make_target_that_fetches_it(tmp_path):
