@@ -9,6 +9,8 @@ newest OUT/checkpoints/step-N with `--from checkpoints`). Differences are paired
 independent although neighbouring blocks share a document, so read it as a lower bound on the uncertainty.
 
 `--by-document` adds a table by validation document (a block belongs to the document its first token is in).
+A run made with `data.extra.validation_blocks=0` evaluated on every block, so none is held out from it: the
+comparison is then on all blocks (paired as above); `--first N` splits the blocks at N whatever the runs read.
 
 Run: python benchmarks/lm_heldout.py runs/x/uniform/seed0 runs/x/selected/seed0 [more runs]
          [--from best|checkpoints] [--data-path FOLDER] [--by-document]      (markdown on stdout)
@@ -73,36 +75,41 @@ def main() -> None:
         if key not in tasks:
             tasks[key] = build_task(config)
         task = tasks[key]
-        selection_blocks = int(load_config(run / "config.yaml", []).data.extra.get("validation_blocks", 64))
-        if args.first is not None:
-            selection_blocks = args.first
+        evals_read = int(load_config(run / "config.yaml", []).data.extra.get("validation_blocks", 64))
         step, state = kept_model(run, args.source)
         model = task.large_model()
         model.load_state_dict(state)
         losses = block_losses(model, task)
+        # validation_blocks 0: the run's evals read every block, so none is held out from them
+        selection_blocks = args.first if args.first is not None else (evals_read or len(losses))
         rows.append((run, step, losses, selection_blocks, task))
 
     base_run, _, base, selection_blocks, task = rows[0]
     if any(len(r[2]) != len(base) or r[3] != selection_blocks for r in rows):
         raise SystemExit("the runs' evals read different validation blocks (different data settings); compare like "
                          "with like, or split them alike with --first")
-    fresh = slice(selection_blocks, None)
-    print(f"validation blocks: {len(base)}; the evals read the first {selection_blocks}, the other "
-          f"{len(base) - selection_blocks} are read here for the first time; mean token loss (nats) per block, "
-          f"blocks weighted equally; Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
+    held_out = len(base) - selection_blocks
+    if held_out > 0:
+        compared, compared_name = slice(selection_blocks, None), f"other {held_out} blocks"
+        split = f"the evals read the first {selection_blocks}, the other {held_out} are read here for the first time"
+    else:
+        compared, compared_name = slice(None), f"all {len(base)} blocks"
+        split = "the evals read every block, so none is held out: Δ compares on all of them"
+    print(f"validation blocks: {len(base)}; {split}; mean token loss (nats) per block, blocks weighted equally; "
+          f"Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
     print()
-    print(f"| run | kept step | first {selection_blocks} blocks (the evals') "
-          f"| other {len(base) - selection_blocks} blocks "
-          f"| Δ other blocks | 95% interval | blocks where lower |")
+    print(f"| run | kept step | first {selection_blocks} blocks (the evals') | {compared_name} "
+          f"| Δ {compared_name} | 95% interval | blocks where lower |")
     print("|---|---|---|---|---|---|---|")
     for run, step, losses, _, _ in rows:
-        diff = losses[fresh] - base[fresh]
+        diff = losses[compared] - base[compared]
         low, high = bootstrap(diff)
         lower = float((diff < 0).double().mean()) if run != base_run else float("nan")
         interval = "–" if run == base_run else f"[{low:+.4f}, {high:+.4f}]"
         delta = "–" if run == base_run else f"{float(diff.mean()):+.4f}"
         share = "–" if run == base_run else f"{100 * lower:.0f}%"
-        print(f"| {run} | {step} | {float(losses[:selection_blocks].mean()):.4f} | {float(losses[fresh].mean()):.4f} "
+        first = f"{float(losses[:selection_blocks].mean()):.4f}" if selection_blocks else "–"
+        print(f"| {run} | {step} | {first} | {float(losses[compared].mean()):.4f} "
               f"| {delta} | {interval} | {share} |")
 
     if args.by_document:
