@@ -82,6 +82,8 @@ def main() -> None:
         losses = block_losses(model, task)
         # validation_blocks 0: the run's evals read every block, so none is held out from them
         selection_blocks = args.first if args.first is not None else (evals_read or len(losses))
+        if not 0 <= selection_blocks <= len(losses):
+            raise SystemExit(f"--first {selection_blocks}: the validation set has {len(losses)} blocks")
         rows.append((run, step, losses, selection_blocks, task))
 
     base_run, _, base, selection_blocks, task = rows[0]
