@@ -69,8 +69,6 @@ def test_validation_blocks_zero_takes_every_block_of_the_validation_documents(te
 
 
 def test_the_corpus_records_the_document_each_block_starts_in(text_folder):
-    from online_select.lm_corpus import read_text_folder
-
     docs = read_text_folder(text_folder)
     corpus = build_noisy_corpus(docs, block_size=32, vocab_size=300, clean_blocks=60, validation_blocks=0)
     split = split_documents(docs)
@@ -80,21 +78,27 @@ def test_the_corpus_records_the_document_each_block_starts_in(text_folder):
     assert len(corpus.validation_document) == len(corpus.validation)
     assert bool((corpus.validation_document.diff() >= 0).all())  # validation blocks are in document order
 
-    def owner(block: torch.Tensor, texts: list[str]) -> int:  # the document its tokens start in, found by search
+    def documents_of(texts: list[str]):
+        """The documents' tokens in one stream and where each ends, to find a block's document by search."""
         eos = corpus.tokenizer.token_to_id(EOS)
         ids, ends = [], []
         for text in texts:
             ids += corpus.tokenizer.encode(text).ids + [eos]
             ends.append(len(ids))
-        width = len(block)
-        starts = [i for i in range(0, len(ids) - width + 1, width) if ids[i : i + width] == block.tolist()]
-        assert len(starts) == 1
-        return next(d for d, end in enumerate(ends) if starts[0] < end)
 
+        def owner(block: torch.Tensor) -> int:
+            width = len(block)
+            starts = [i for i in range(0, len(ids) - width + 1, width) if ids[i : i + width] == block.tolist()]
+            assert len(starts) == 1
+            return next(d for d, end in enumerate(ends) if starts[0] < end)
+
+        return owner
+
+    train_owner, validation_owner = documents_of(split["train"]), documents_of(split["validation"])
     for row in torch.nonzero(clean).flatten()[:10].tolist():
-        assert owner(corpus.train[row], split["train"]) == int(corpus.document[row])
+        assert train_owner(corpus.train[row]) == int(corpus.document[row])
     for row in range(len(corpus.validation)):
-        assert owner(corpus.validation[row], split["validation"]) == int(corpus.validation_document[row])
+        assert validation_owner(corpus.validation[row]) == int(corpus.validation_document[row])
 
 
 def test_a_scorer_input_model_on_a_task_without_any_is_an_error(text_folder, tmp_path):
