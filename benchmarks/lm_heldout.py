@@ -100,9 +100,10 @@ def main() -> None:
     print(f"validation blocks: {len(base)}; {split}; mean token loss (nats) per block, blocks weighted equally; "
           f"Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
     print()
-    print(f"| run | kept step | first {selection_blocks} blocks (the evals') | {compared_name} "
-          f"| Δ {compared_name} | 95% interval | blocks where lower |")
-    print("|---|---|---|---|---|---|---|")
+    # With nothing held out the evals' blocks are the compared ones: one column, not the same number twice.
+    first_column = f" first {selection_blocks} blocks (the evals') |" if held_out > 0 else ""
+    print(f"| run | kept step |{first_column} {compared_name} | Δ {compared_name} | 95% interval | blocks where lower |")
+    print("|---|---|" + "---|" * (5 if held_out > 0 else 4))
     for run, step, losses, _, _ in rows:
         diff = losses[compared] - base[compared]
         low, high = bootstrap(diff)
@@ -110,9 +111,9 @@ def main() -> None:
         interval = "–" if run == base_run else f"[{low:+.4f}, {high:+.4f}]"
         delta = "–" if run == base_run else f"{float(diff.mean()):+.4f}"
         share = "–" if run == base_run else f"{100 * lower:.0f}%"
-        first = f"{float(losses[:selection_blocks].mean()):.4f}" if selection_blocks else "–"
-        print(f"| {run} | {step} | {first} | {float(losses[compared].mean()):.4f} "
-              f"| {delta} | {interval} | {share} |")
+        first = "–" if not selection_blocks else f"{float(losses[:selection_blocks].mean()):.4f}"
+        first_cell = f" {first} |" if held_out > 0 else ""
+        print(f"| {run} | {step} |{first_cell} {float(losses[compared].mean()):.4f} | {delta} | {interval} | {share} |")
 
     if args.by_document:
         names, owner = task.document_names["validation"], task.corpus.validation_document
