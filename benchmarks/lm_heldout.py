@@ -91,6 +91,8 @@ def main() -> None:
         raise SystemExit("the runs' evals read different validation blocks (different data settings); compare like "
                          "with like, or split them alike with --first")
     held_out = len(base) - selection_blocks
+    # The evals' blocks get a column of their own only when some are held out; else they are the compared ones.
+    evals_column = [f"first {selection_blocks} blocks (the evals')"] if held_out > 0 else []
     if held_out > 0:
         compared, compared_name = slice(selection_blocks, None), f"other {held_out} blocks"
         split = f"the evals read the first {selection_blocks}, the other {held_out} are read here for the first time"
@@ -100,10 +102,10 @@ def main() -> None:
     print(f"validation blocks: {len(base)}; {split}; mean token loss (nats) per block, blocks weighted equally; "
           f"Δ against {base_run}, paired by block, 95% bootstrap interval over blocks")
     print()
-    # With nothing held out the evals' blocks are the compared ones: one column, not the same number twice.
-    first_column = f" first {selection_blocks} blocks (the evals') |" if held_out > 0 else ""
-    print(f"| run | kept step |{first_column} {compared_name} | Δ {compared_name} | 95% interval | blocks where lower |")
-    print("|---|---|" + "---|" * (5 if held_out > 0 else 4))
+    header = ["run", "kept step", *evals_column, compared_name, f"Δ {compared_name}", "95% interval",
+              "blocks where lower"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for run, step, losses, _, _ in rows:
         diff = losses[compared] - base[compared]
         low, high = bootstrap(diff)
@@ -111,9 +113,9 @@ def main() -> None:
         interval = "–" if run == base_run else f"[{low:+.4f}, {high:+.4f}]"
         delta = "–" if run == base_run else f"{float(diff.mean()):+.4f}"
         share = "–" if run == base_run else f"{100 * lower:.0f}%"
-        first = "–" if not selection_blocks else f"{float(losses[:selection_blocks].mean()):.4f}"
-        first_cell = f" {first} |" if held_out > 0 else ""
-        print(f"| {run} | {step} |{first_cell} {float(losses[compared].mean()):.4f} | {delta} | {interval} | {share} |")
+        first = [f"{float(losses[:selection_blocks].mean()):.4f}" if selection_blocks else "–"] if evals_column else []
+        cells = [run, step, *first, f"{float(losses[compared].mean()):.4f}", delta, interval, share]
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
 
     if args.by_document:
         names, owner = task.document_names["validation"], task.corpus.validation_document
