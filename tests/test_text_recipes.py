@@ -184,23 +184,13 @@ def test_lm_recipe_trains_resumes_and_benches_on_eval_loss(text_folder, tmp_path
     assert "best loss" in table and "| predicted_learnability |" in table
 
 
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "junk_mix":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def test_the_whole_corpus_recipe_is_the_lm_recipe_with_its_measured_settings_and_trains(text_folder, tmp_path):
     from online_select.config import config_to_dict, load_config
+    from online_select.loop import _flat
 
     recipes = ROOT / "recipes"
-    short = _flatten(config_to_dict(load_config(recipes / "lm_noisy_corpus.yaml")))
-    whole = _flatten(config_to_dict(load_config(recipes / "lm_whole_corpus.yaml")))
+    short = _flat(config_to_dict(load_config(recipes / "lm_noisy_corpus.yaml")))
+    whole = _flat(config_to_dict(load_config(recipes / "lm_whole_corpus.yaml")))
     changed = {key: whole[key] for key in whole if whole[key] != short[key]}
     assert changed == {
         "output_dir": "runs/lm_whole_corpus", "data.extra.clean_blocks": 14000, "data.extra.validation_blocks": 0,
@@ -213,6 +203,7 @@ def test_the_whole_corpus_recipe_is_the_lm_recipe_with_its_measured_settings_and
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval/loss" in line]
     assert [line["step"] for line in evals] == [0, 3, 6] and evals[-1]["eval/loss"] < evals[0]["eval/loss"]
     assert (out / "best").is_dir()
+
 
 def test_bench_min_metric_reaches_a_target_from_above():
     curve = [{"step": 0, "wall_s": 0.0, "eval/loss": 5.0}, {"step": 10, "wall_s": 1.0, "eval/loss": 3.0},
