@@ -25,15 +25,12 @@ import torch
 from online_select.config import load_config
 from online_select.lm_corpus import BigramLM
 from online_select.reference import ReferenceTable
+from online_select.selector import spearman
 from online_select.tasks import build_task
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lm_whole_corpus.yaml"
 ELIGIBLE_LOSS = 6.5  # the recipe's label_floor 0.0015 is exp(-6.5), rounded
 REJECTED_LOSS = 20.0
-
-
-def _ranks(values: torch.Tensor) -> torch.Tensor:
-    return values.argsort().argsort().float()
 
 
 def main(out: str, overrides: list[str]) -> None:
@@ -48,11 +45,11 @@ def main(out: str, overrides: list[str]) -> None:
     corpus = task.corpus
     junk = corpus.kind > 0
     clean = ~junk
-    spearman = torch.corrcoef(torch.stack([_ranks(holdout.table[clean]), _ranks(twin.table[clean])]))[0, 1]
+    rank_correlation = spearman(holdout.table[clean], twin.table[clean])
     print("| floor (p_ref) | eligible blocks | junk among them | clean blocks excluded | Spearman of the two on clean blocks |")
     print("|---|---|---|---|---|")
     print(f"| {math.exp(-ELIGIBLE_LOSS):.5f} (loss {ELIGIBLE_LOSS}) | {int(eligible.sum())} | {int((eligible & junk).sum())} | "
-          f"{int((~eligible & clean).sum())} | {float(spearman):.3f} |")
+          f"{int((~eligible & clean).sum())} | {rank_correlation:.3f} |")
     for name, blocks in (("the clean holdout", corpus.holdout), ("every clean training block", corpus.train[clean])):
         loss = float(BigramLM(corpus.vocab_size).fit(blocks).token_losses(corpus.validation).mean())
         print(f"\nvalidation loss of a bigram fitted on {name} ({len(blocks)} blocks): {loss:.2f} nats")
